@@ -1,0 +1,206 @@
+"""One task: read the granules crossing a parent cell and reduce their observations into its children.
+
+For each granule and beam: read latitude/longitude, find the rows whose child cell falls in the
+task's child range, hyperslice the payload variables to [first, last] of those rows, filter
+(quality, fill values, sigma > 0), and collect. One grouped reduction over all collected
+observations gives the task's (children x statistics) block. A granule that cannot be read is
+recorded with its reason and the rest of the cell is still aggregated.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .grid import Grid
+from .products import atl06
+from .read import GranuleError, ReaderName, open_granule
+from .stats import grouped_stats
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which observations count. `quality_max=None` keeps every quality flag."""
+
+    quality_max: int | None = 0
+
+
+@dataclass(frozen=True)
+class GranuleRef:
+    granule_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class GranuleFailure:
+    granule_id: str
+    reason: str
+    transient: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient read failures."""
+
+    attempts: int = 4
+    base_seconds: float = 0.5
+    cap_seconds: float = 20.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2.0 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one task produced: the statistics block and what it took to get it."""
+
+    parent: int
+    child_lo: int
+    child_hi: int
+    block: np.ndarray = field(repr=False)
+    observations: int
+    rows_in_cell: int
+    granules_read: int
+    granules_with_data: int
+    failures: tuple[GranuleFailure, ...]
+    seconds: float
+
+    @property
+    def status(self) -> str:
+        if self.failures:
+            return "failed" if self.granules_read == 0 else "partial"
+        return "ok" if self.observations > 0 else "empty"
+
+
+@dataclass
+class _Collected:
+    cell: list[np.ndarray] = field(default_factory=list)
+    h: list[np.ndarray] = field(default_factory=list)
+    sigma: list[np.ndarray] = field(default_factory=list)
+    t: list[np.ndarray] = field(default_factory=list)
+    rows_in_cell: int = 0
+
+
+def reduce_parent(
+    parent: int,
+    granules: list[GranuleRef],
+    grid: Grid,
+    *,
+    reader: ReaderName = "h5py",
+    filters: Filters = Filters(),
+    storage_options: dict | None = None,
+    child_range: tuple[int, int] | None = None,
+    retry: RetryPolicy = RetryPolicy(),
+) -> TaskResult:
+    """Statistics of the children [child_lo, child_hi) (local indices) of one parent cell."""
+    start = time.perf_counter()
+    lo, hi = child_range if child_range is not None else (0, grid.children_per_parent)
+    first_child = int(parent) * grid.children_per_parent
+    acc = _Collected()
+    failures: list[GranuleFailure] = []
+    read_ok = with_data = 0
+    job = _ReadJob(first_child + lo, first_child + hi, grid.parent_lat_band(int(parent)), grid, reader, filters,
+                   storage_options)
+    for ref in granules:
+        failure, had_data = _read_with_retries(ref, job, retry, acc)
+        if failure is None:
+            read_ok += 1
+            with_data += had_data
+        else:
+            failures.append(failure)
+    if acc.cell:
+        cell = np.concatenate(acc.cell)
+        local = (cell - np.uint64(first_child + lo)).astype(np.intp)
+        block = grouped_stats(local, np.concatenate(acc.h), np.concatenate(acc.sigma), np.concatenate(acc.t), hi - lo)
+        n_obs = int(cell.size)
+    else:
+        block = grouped_stats(np.empty(0, np.intp), np.empty(0), np.empty(0), np.empty(0), hi - lo)
+        n_obs = 0
+    return TaskResult(
+        parent=int(parent),
+        child_lo=lo,
+        child_hi=hi,
+        block=block,
+        observations=n_obs,
+        rows_in_cell=acc.rows_in_cell,
+        granules_read=read_ok,
+        granules_with_data=with_data,
+        failures=tuple(failures),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class _ReadJob:
+    """What to read from each granule: child cells [child_lo, child_hi) (global ids) and how."""
+
+    child_lo: int
+    child_hi: int
+    lat_band: tuple[float, float]
+    grid: Grid
+    reader: ReaderName
+    filters: Filters
+    storage_options: dict | None
+
+
+def _read_with_retries(
+    ref: GranuleRef, job: _ReadJob, retry: RetryPolicy, acc: _Collected
+) -> tuple[GranuleFailure | None, bool]:
+    """Read one granule into `acc`, retrying transient failures; only a complete read is kept."""
+    attempt = 0
+    while True:
+        attempt += 1
+        part = _Collected()
+        try:
+            _read_granule(ref, job, part)
+        except GranuleError as exc:
+            if exc.transient and attempt < retry.attempts:
+                time.sleep(retry.delay(attempt))
+                continue
+            return GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt), False
+        except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
+            return GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt), False
+        acc.cell += part.cell
+        acc.h += part.h
+        acc.sigma += part.sigma
+        acc.t += part.t
+        acc.rows_in_cell += part.rows_in_cell
+        return None, part.rows_in_cell > 0
+
+
+def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected) -> None:
+    lat_band, child_lo, child_hi = job.lat_band, job.child_lo, job.child_hi
+    with open_granule(ref.url, job.reader, job.storage_options) as granule:
+        for beam in granule.beams():
+            coords = granule.read(beam, atl06.COORDINATES)
+            lat, lon = coords["latitude"], coords["longitude"]
+            near = (lat >= lat_band[0]) & (lat <= lat_band[1]) & np.isfinite(lon) & (np.abs(lon) <= 360.0)
+            cell = np.zeros(lat.shape, dtype=np.uint64)
+            cell[near] = job.grid.child_cells(lon[near], lat[near])
+            inside = near & (cell >= np.uint64(child_lo)) & (cell < np.uint64(child_hi))
+            rows = np.flatnonzero(inside)
+            if rows.size == 0:
+                continue
+            r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            payload = granule.read(beam, atl06.PAYLOAD, (r0, r1))
+            keep = inside[r0:r1]
+            acc.rows_in_cell += int(rows.size)
+            h = payload["h_li"]
+            sigma = payload["h_li_sigma"]
+            t = payload["delta_time"]
+            keep = keep & _valid_values(h) & _valid_values(sigma) & (sigma > 0) & np.isfinite(t)
+            if job.filters.quality_max is not None:
+                keep &= payload["atl06_quality_summary"] <= job.filters.quality_max
+            acc.cell.append(cell[r0:r1][keep])
+            acc.h.append(h[keep])
+            acc.sigma.append(sigma[keep])
+            acc.t.append(t[keep])
+
+
+def _valid_values(x: np.ndarray) -> np.ndarray:
+    """Finite and below the ATL06 fill threshold."""
+    return np.isfinite(x) & (np.abs(x) < atl06.FILL_THRESHOLD)

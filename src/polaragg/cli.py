@@ -1,0 +1,248 @@
+"""The `polaragg` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from .executors import ALL_EXECUTORS
+
+
+def _demo_recipe_path() -> Path:
+    return Path(str(resources.files("polaragg") / "recipes" / "demo.yaml"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .runner import run
+    from .sources import synthetic_folder
+    from .viz import plot_store
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = load_recipe(_demo_recipe_path())
+    t0 = time.perf_counter()
+    print(f"[1/4] Synthetic ATL06 granules (cached after the first run) ...", flush=True)
+    folder = synthetic_folder(recipe.source)
+    n = len(list(folder.glob("*.h5")))
+    print(f"      {n} granules in {folder} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    store = str(out / "demo.zarr")
+    print(f"[2/4] Catalog, plan and compute on '{args.executor or recipe.executor.name}' ...", flush=True)
+    summary = run(recipe, store=store, executor=args.executor)
+    print("[3/4] Map ...", flush=True)
+    png = plot_store(store, var="h_mean", out=out / "demo_h_mean.png", title="polaragg demo: h_mean (order 12)")
+    print(f"      {png}")
+    print("[4/4] Done.\n")
+    print(summary.format())
+    print(_cost_text(store))
+    print(f"\nOpen it: xr.open_zarr({store!r}).dggs.decode()   (demo total {time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    summary = run(args.recipe, store=args.store, executor=args.executor, max_workers=args.workers,
+                  resume=args.resume)
+    print(summary.format())
+    print(_cost_text(summary.store))
+    return 0 if summary.cells_failed == 0 else 3
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .sources import load_catalog
+
+    recipe = load_recipe(args.recipe)
+    catalog = load_catalog(recipe)
+    out = Path(args.out or f"polaragg-out/{recipe.name}.catalog.parquet")
+    catalog.write(out)
+    pairs = catalog.pairs()
+    print(f"catalog {out}: {len(catalog.granules)} granules, {len(catalog.parents)} AOI parent cells "
+          f"(order {catalog.parent_order}), {len(pairs)} (cell, granule) pairs")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .runner import plan_recipe
+
+    from .cost import estimate, load_prices
+
+    plan = plan_recipe(args.recipe)
+    print(describe_plan(plan, top=args.top))
+    print()
+    print(estimate(plan, prices=load_prices(args.prices)).format())
+    if args.map:
+        from .viz import plot_parent_cells
+
+        with_granules = {t.parent for t in plan.tasks if t.granules}
+        has = np.array([int(p) in with_granules for p in plan.parents])
+        png = plot_parent_cells(plan.parents, plan.grid.parent_order, args.map,
+                                title=f"planned parent cells (order {plan.grid.parent_order})", highlight=has)
+        print(f"map: {png}")
+    return 0
+
+
+def describe_plan(plan, top: int = 10) -> str:
+    """Human-readable plan: cells, granules, pairs, expected observations, the largest tasks."""
+    import healpix_geo.nested as hpn
+    import numpy as np
+
+    granules = {g.granule_id for t in plan.tasks for g in t.granules}
+    pairs = sum(len(t.granules) for t in plan.tasks if t.child_lo == 0)
+    expected = np.array([t.expected_rows for t in plan.tasks])
+    lines = [
+        f"parent cells:        {len(plan.parents):,} (order {plan.grid.parent_order}; "
+        f"{len({t.parent for t in plan.tasks if t.granules}):,} with granules)",
+        f"tasks:               {len(plan.tasks):,} ({plan.split} per parent cell; projected memory per task "
+        f"<= {plan.max_projected_bytes / 2**20:,.0f} MiB)",
+        f"child cells:         {plan.n_cells:,} (order {plan.grid.child_order})",
+        f"granules:            {len(granules):,}",
+        f"(cell, granule):     {pairs:,} pairs",
+        f"expected rows:       {expected.sum():,.0f} total, {expected.mean() if expected.size else 0:,.0f} per task "
+        f"on average",
+        f"largest {min(top, len(plan.tasks))} tasks (run first):",
+        f"  {'parent':>8} {'children':>11} {'lon':>8} {'lat':>7} {'granules':>8} {'expected rows':>14}",
+    ]
+    order = plan.largest_first()[:top]
+    if order:
+        ids = np.array([plan.tasks[i].parent for i in order], dtype=np.uint64)
+        lon, lat = hpn.healpix_to_lonlat(ids, plan.grid.parent_order, ellipsoid="WGS84")
+        for k, i in enumerate(order):
+            t = plan.tasks[i]
+            lines.append(f"  {t.parent:>8} {t.child_lo:>5}-{t.child_hi:<5} {float(lon[k]):8.2f} "
+                         f"{float(lat[k]):7.2f} {len(t.granules):>8} {t.expected_rows:>14,.0f}")
+    return "\n".join(lines)
+
+
+def _cost_text(store: str) -> str:
+    import json
+
+    from .store import open_store
+
+    report = json.loads(open_store(store).attrs.get("run_cost", "{}"))
+    lines = ["Cost (from the ledger; price table in polaragg/data/prices.yaml)"]
+    for key in ("task_seconds", "lambda_gb_seconds", "lambda_usd", "ec2_usd", "coiled_fee_usd", "coiled_usd",
+                "s3_usd"):
+        if key in report and report[key] is not None:
+            lines.append(f"      {key + ':':22s}{report[key]:,.4f}" if isinstance(report[key], float)
+                         else f"      {key + ':':22s}{report[key]}")
+    return "\n".join(lines)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import SynthConfig, generate
+
+    bbox = tuple(args.bbox) if args.bbox else None
+    rgts = tuple(range(args.rgt_start, args.rgt_stop, args.rgt_step))
+    granules = generate(args.out, SynthConfig(seed=args.seed, cycle=args.cycle, rgts=rgts,
+                                              regions=tuple(args.regions), bbox=bbox))
+    rows = sum(g.rows for g in granules)
+    print(f"wrote {len(granules)} granules ({rows:,} rows) to {args.out}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .validate import store_status
+
+    print(store_status(args.store).format())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_store
+
+    problems = validate_store(args.store)
+    if problems:
+        print(f"{args.store}: NOT valid ({len(problems)} problem(s))")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print(f"{args.store}: valid")
+    return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    from .viz import plot_store
+
+    print(plot_store(args.store, var=args.var, out=args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polaragg", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="synthesise the embedded ATL06 demo data, aggregate it, map it")
+    p.add_argument("--out", default="polaragg-out", help="output folder (default: polaragg-out)")
+    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a recipe into its Zarr store")
+    p.add_argument("recipe")
+    p.add_argument("--store", default=None, help="output store path or URL (overrides the recipe)")
+    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="run only tasks without an ok/empty ledger record for this recipe")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="progress and failures (grouped by reason) of a store")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("validate", help="check a store is complete and consistent; exit 1 with reasons if not")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("catalog", help="search granules once and write the catalog (Parquet)")
+    p.add_argument("recipe")
+    p.add_argument("--out", default=None, help="catalog file (default: polaragg-out/<name>.catalog.parquet)")
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("plan", help="show the plan without reading any granule")
+    p.add_argument("recipe")
+    p.add_argument("--top", type=int, default=10, help="how many of the largest tasks to list")
+    p.add_argument("--map", default=None, metavar="PNG", help="also draw the planned parent cells")
+    p.add_argument("--prices", default=None, metavar="YAML", help="price overrides for the estimate")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("synth", help="write synthetic ATL06 granules and UMM-G records")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cycle", type=int, default=22)
+    p.add_argument("--rgt-start", type=int, default=1)
+    p.add_argument("--rgt-stop", type=int, default=1388)
+    p.add_argument("--rgt-step", type=int, default=20)
+    p.add_argument("--regions", type=int, nargs="+", default=[10, 11, 12])
+    p.add_argument("--bbox", type=float, nargs=4, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"))
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("map", help="polar stereographic map of a store variable")
+    p.add_argument("store")
+    p.add_argument("--var", default="h_mean")
+    p.add_argument("--out", default="map.png")
+    p.set_defaults(func=cmd_map)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .catalog import CatalogError
+    from .recipe import RecipeError
+    from .runner import ResumeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (RecipeError, CatalogError, ResumeError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"polaragg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

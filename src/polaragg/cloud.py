@@ -1,0 +1,679 @@
+"""Cloud executors: Cubed on AWS Lambda (through Lithops) and Dask / Cubed on Coiled.
+
+Everything here is configuration plus fail-fast checks; nothing contacts a cloud service until an
+executor is actually built, and building one first checks, within a few seconds, that the service
+can be reached at all (otherwise `ExecutorError` naming the service).
+
+- `LambdaOptions` / `CoiledOptions`: the `executor.lambda` / `executor.coiled` sections of a recipe.
+- `lithops_config(opts)` -> the Lithops config dict (compute `aws_lambda`, storage `aws_s3`);
+  `lambda_executor(opts)` -> Cubed's `LithopsExecutor` after a reachability check of
+  `lambda.<region>.amazonaws.com:443`.
+- `coiled_cluster_kwargs(opts)` / `coiled_function_kwargs(opts)` -> keyword arguments for
+  `coiled.Cluster(...)` / `coiled.function(...)`; `coiled_client(opts)` -> a `distributed.Client` on a
+  new Coiled cluster; `coiled_functions_executor(opts)` -> Cubed's `CoiledExecutor`.
+- Credentials for workers: `worker_environment(creds)` (AWS_* variables), `reader_credentials(creds)`
+  (the dict h5coro's S3 driver takes), `CredentialSource` (re-fetches before expiry), and `redact(text,
+  secrets)` for every message that might contain them. Values returned by these helpers print as `***`.
+
+This module must not import `polaragg.recipe` (the recipe imports the option models from here).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+PREFLIGHT_TIMEOUT_S = 3.0
+COILED_DEFAULT_SERVER = "https://cloud.coiled.io"
+
+
+class _Options(BaseModel):
+    # Same conventions as the models in polaragg.recipe (unknown keys rejected, immutable).
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _executor_error(message: str) -> Exception:
+    # Imported late: polaragg.executors may itself import the recipe, which imports this module.
+    from .executors import ExecutorError
+
+    return ExecutorError(message)
+
+
+# ------------------------------------------------------------------------------------------------
+# AWS Lambda through Lithops
+# ------------------------------------------------------------------------------------------------
+
+_REGION = r"^[a-z]{2}(-[a-z]+)+-\d+$"
+
+
+class LambdaOptions(_Options):
+    """How the Cubed tasks run on AWS Lambda (recipe key `executor.lambda`).
+
+    arm64 is ~20 % cheaper per GB-second than x86_64; 1,769 MB is one vCPU; Earthdata S3 credentials
+    work only from us-west-2, so the functions should run there.
+    """
+
+    architecture: Literal["arm64", "x86_64"] = "arm64"
+    memory_mb: Annotated[int, Field(ge=128, le=10240)] = 2048
+    timeout_s: Annotated[int, Field(ge=1, le=900)] = 900
+    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
+    runtime: Annotated[str, Field(min_length=1)] = "polaragg-lambda:latest"
+    max_workers: Annotated[int, Field(ge=1)] = 1000
+    storage_bucket: str | None = None
+    role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
+
+
+def lithops_config(opts: LambdaOptions, *, credentials_env: bool = True) -> dict[str, Any]:
+    """The Lithops config dict: compute backend `aws_lambda`, storage backend `aws_s3`.
+
+    With `credentials_env=True` (the default) the dict holds no secrets: Lithops (boto3) finds the
+    account's credentials itself, from AWS_* variables, ~/.aws or an instance role. With False, the
+    current AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN are written into the `aws`
+    section (which prints as `***`); Lithops then ships them inside every invocation payload, so
+    prefer the default.
+    """
+    lam: dict[str, Any] = {
+        "region": opts.region,
+        "runtime": opts.runtime,
+        "runtime_memory": opts.memory_mb,
+        "runtime_timeout": opts.timeout_s,
+        "architecture": opts.architecture,
+        "max_workers": opts.max_workers,
+    }
+    if opts.role_arn is not None:
+        lam["execution_role"] = opts.role_arn
+    s3: dict[str, Any] = {"region": opts.region}
+    if opts.storage_bucket is not None:
+        s3["storage_bucket"] = opts.storage_bucket
+    aws: dict[str, str] = {"region": opts.region}
+    if not credentials_env:
+        env = {
+            "access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "session_token": os.environ.get("AWS_SESSION_TOKEN"),
+        }
+        aws = SecretDict(aws, **{k: v for k, v in env.items() if v})
+    return {
+        "lithops": {"backend": "aws_lambda", "storage": "aws_s3", "log_level": "WARNING"},
+        "aws": aws,
+        "aws_lambda": lam,
+        "aws_s3": s3,
+    }
+
+
+def lambda_host(opts: LambdaOptions) -> str:
+    return f"lambda.{opts.region}.amazonaws.com"
+
+
+def lambda_executor(
+    opts: LambdaOptions,
+    *,
+    credentials_env: bool = True,
+    allowed_mem: int | None = None,
+    timeout: float = PREFLIGHT_TIMEOUT_S,
+):
+    """Cubed's LithopsExecutor for AWS Lambda, after checking that the Lambda endpoint answers.
+
+    Raises `ExecutorError` (naming AWS Lambda and its host) within ~2 x `timeout` seconds when the
+    endpoint cannot be resolved or connected to, when no execution role is configured, when
+    `allowed_mem` (Cubed's per-task memory, bytes) exceeds the function memory, or when Lithops is
+    not installed. Building the executor contacts nothing; Lithops connects at compute time.
+    """
+    host = lambda_host(opts)
+    check_reachable(
+        f"AWS Lambda ({host})",
+        host,
+        443,
+        timeout=timeout,
+        hint="check the network route to AWS, or run offline with executor 'lithops-local'",
+    )
+    if opts.role_arn is None:
+        raise _executor_error(
+            "AWS Lambda needs an execution role: set executor.lambda.role_arn to the ARN of the IAM role "
+            "the functions run as (see deploy/README.md)"
+        )
+    if allowed_mem is not None and opts.memory_mb * 1_000_000 < allowed_mem:
+        raise _executor_error(
+            f"AWS Lambda functions get executor.lambda.memory_mb={opts.memory_mb} MB, less than the "
+            f"{allowed_mem / 1e6:.0f} MB each task may use (executor.memory_per_task); raise memory_mb"
+        )
+    try:
+        from cubed.runtime.executors.lithops import LithopsExecutor
+    except ImportError:
+        raise _executor_error(
+            "AWS Lambda needs the 'lithops' extra: pip install 'polaragg[lithops]' 'lithops[aws]'"
+        ) from None
+    return LithopsExecutor(config=lithops_config(opts, credentials_env=credentials_env))
+
+
+def runtime_build_args() -> dict[str, str]:
+    """Docker build arguments that make the Lambda image match this client.
+
+    Lithops refuses a runtime whose Python minor version or Lithops version differs from the client's.
+    Use Python >= 3.12: the 3.11 Lambda base image (Amazon Linux 2, glibc 2.26) gets no wheels of the
+    current pyproj/shapely releases.
+    """
+    args = {"PYTHON_VERSION": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    try:
+        from lithops.version import __version__ as lithops_version
+
+        args["LITHOPS_VERSION"] = lithops_version
+    except ImportError:
+        pass
+    return args
+
+
+def lithops_image_uri(
+    runtime: str,
+    *,
+    account_id: str,
+    user_id: str,
+    region: str = "us-west-2",
+    namespace: str | None = None,
+    lithops_version: str | None = None,
+) -> str:
+    """Where `lithops runtime deploy -b aws_lambda RUNTIME` looks for a container image in ECR.
+
+    Mirrors Lithops 3.x's naming (`lithops_v<version>_<last 4 of the IAM user id>/<image>:<tag>`), for
+    images built outside `lithops runtime build` (which always builds linux/amd64), e.g. for arm64.
+    `user_id` is `UserId` from `aws sts get-caller-identity`.
+    """
+    if lithops_version is None:
+        from lithops.version import __version__ as lithops_version
+    user_key = user_id.split(":")[0][-4:].lower()
+    package = f"lithops_v{lithops_version.replace('.', '')}_{user_key}"
+    if namespace:
+        package = f"{package}_{namespace}"
+    image, _, tag = runtime.partition(":")
+    return f"{account_id}.dkr.ecr.{region}.amazonaws.com/{package}/{image}".lower() + f":{tag or 'latest'}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Coiled
+# ------------------------------------------------------------------------------------------------
+
+# AWS Graviton (arm64) instance families: a "g" right after the generation digit (c7g, m6gd, c7gn,
+# r8g, t4g, hpc7g, is4gen, im4gn, x2gd, g5g) and a1.
+_AWS_ARM_FAMILY = re.compile(r"^(?:[a-z]+\d+g[a-z-]*|a1)$")
+
+
+def _aws_vm_arch(vm_type: str) -> str | None:
+    if "." not in vm_type:  # not an AWS instance type (e.g. GCP); let Coiled judge
+        return None
+    family = vm_type.split(".", 1)[0].lower()
+    return "arm64" if _AWS_ARM_FAMILY.match(family) else "x86_64"
+
+
+class CoiledOptions(_Options):
+    """How the Dask (or Cubed) tasks run on Coiled (recipe key `executor.coiled`)."""
+
+    mode: Literal["cluster", "functions"] = "cluster"
+    n_workers: Annotated[int, Field(ge=1)] = 10
+    worker_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.xlarge"]
+    scheduler_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.large"]
+    spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = "spot_with_fallback"
+    arm: bool = True
+    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
+    name: str | None = None
+    idle_timeout: str = "20 minutes"
+    software: str | None = None
+
+    @model_validator(mode="after")
+    def _architecture_matches(self) -> "CoiledOptions":
+        want = "arm64" if self.arm else "x86_64"
+        for field in ("worker_vm_types", "scheduler_vm_types"):
+            wrong = [vm for vm in getattr(self, field) if _aws_vm_arch(vm) not in (None, want)]
+            if wrong:
+                raise ValueError(
+                    f"{field} {wrong} are not {want} instance types but arm is {str(self.arm).lower()}"
+                )
+        return self
+
+
+def coiled_cluster_kwargs(opts: CoiledOptions) -> dict[str, Any]:
+    """Keyword arguments for `coiled.Cluster(...)` (names checked against coiled 1.135)."""
+    kwargs: dict[str, Any] = {
+        "n_workers": opts.n_workers,
+        "worker_vm_types": list(opts.worker_vm_types),
+        "scheduler_vm_types": list(opts.scheduler_vm_types),
+        "spot_policy": opts.spot_policy,
+        "arm": opts.arm,
+        "region": opts.region,
+        "idle_timeout": opts.idle_timeout,
+    }
+    if opts.name is not None:
+        kwargs["name"] = opts.name
+    if opts.software is not None:
+        kwargs["software"] = opts.software
+    return kwargs
+
+
+def coiled_function_kwargs(
+    opts: CoiledOptions, credentials: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for `coiled.function(...)` (and Cubed's CoiledExecutor).
+
+    Workers use `worker_vm_types` (Coiled Functions have no separate scheduler type). Credentials, if
+    given, go in `environ`, which Coiled Functions send privately to the cluster (not stored by Coiled);
+    the value prints as `***`.
+    """
+    kwargs: dict[str, Any] = {
+        "vm_type": list(opts.worker_vm_types),
+        "n_workers": opts.n_workers,
+        "spot_policy": opts.spot_policy,
+        "arm": opts.arm,
+        "region": opts.region,
+        "idle_timeout": opts.idle_timeout,
+    }
+    if opts.name is not None:
+        kwargs["name"] = opts.name
+    if opts.software is not None:
+        kwargs["software"] = opts.software
+    if credentials:
+        kwargs["environ"] = worker_environment(credentials)
+    return kwargs
+
+
+def coiled_server() -> str:
+    """The Coiled API server this machine is configured for (dask config `coiled.server`).
+
+    Read from dask's config (which holds ~/.config/dask/coiled.yaml and DASK_COILED__* variables)
+    without importing coiled, which takes seconds.
+    """
+    try:
+        import dask.config
+
+        server = dask.config.get("coiled.server", None)
+    except ImportError:
+        server = os.environ.get("DASK_COILED__SERVER")
+    return str(server or COILED_DEFAULT_SERVER)
+
+
+def _coiled_preflight(timeout: float) -> str:
+    server = coiled_server()
+    parts = urllib.parse.urlsplit(server if "://" in server else f"https://{server}")
+    host = parts.hostname or server
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    check_reachable(
+        f"Coiled ({host})",
+        host,
+        port,
+        timeout=timeout,
+        hint="check the network, or run locally with executor 'dask-distributed'",
+    )
+    try:
+        import dask.config
+
+        token = dask.config.get("coiled.token", None)
+    except ImportError:
+        token = None
+    if not token:
+        # Without a token coiled starts an interactive browser login and waits.
+        raise _executor_error(
+            "Coiled has no API token on this machine: run `coiled login` (or set DASK_COILED__TOKEN)"
+        )
+    return host
+
+
+def coiled_client(
+    opts: CoiledOptions,
+    *,
+    credentials: Mapping[str, Any] | None = None,
+    timeout: float = PREFLIGHT_TIMEOUT_S,
+):
+    """A `distributed.Client` on a new Coiled cluster (its `.cluster` is the `coiled.Cluster`).
+
+    First checks that the Coiled API host answers (`ExecutorError` naming Coiled within ~2 x
+    `timeout` s) and that a Coiled token is configured. `credentials` (Earthdata S3 or AWS keys) are
+    sent to the scheduler and workers with `send_private_envs`, never through Coiled's servers.
+    """
+    host = _coiled_preflight(timeout)
+    try:
+        import coiled
+    except ImportError:
+        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+    secrets = _secret_values(credentials)
+    failure = None
+    try:
+        cluster = coiled.Cluster(**coiled_cluster_kwargs(opts))
+        if credentials:
+            cluster.send_private_envs(dict(worker_environment(credentials)), raise_on_error=True)
+        return cluster.get_client()
+    except Exception as exc:  # noqa: BLE001 - any failure becomes one clear, redacted message
+        failure = f"{type(exc).__name__}: {exc}"
+    # Raised outside the except block so the original exception (and any secret in it) is not chained.
+    raise _executor_error(redact(f"Coiled ({host}) could not start a cluster: {failure}", secrets))
+
+
+def coiled_functions_executor(
+    opts: CoiledOptions,
+    *,
+    credentials: Mapping[str, Any] | None = None,
+    timeout: float = PREFLIGHT_TIMEOUT_S,
+):
+    """Cubed's CoiledExecutor (each operation runs as a Coiled Function), after the same checks."""
+    _coiled_preflight(timeout)
+    try:
+        from cubed.runtime.executors.coiled import CoiledExecutor
+    except ImportError:
+        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+    return CoiledExecutor(**coiled_function_kwargs(opts, credentials))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reachability
+# ------------------------------------------------------------------------------------------------
+
+
+def check_reachable(
+    service: str, host: str, port: int = 443, *, timeout: float = PREFLIGHT_TIMEOUT_S, hint: str = ""
+) -> None:
+    """Raise `ExecutorError("<service> is not reachable: <reason>")` unless host:port accepts a TCP
+    connection (through the HTTPS proxy when one applies). Name resolution and connection are each
+    bounded by `timeout`, so this returns or raises within about 2 x `timeout` seconds.
+    """
+    try:
+        _connect(host, port, timeout)
+    except Exception as exc:  # noqa: BLE001 - every failure mode means "not reachable"
+        reason = str(exc) or type(exc).__name__
+        message = f"{service} is not reachable: {reason}"
+        if hint:
+            message += f" ({hint})"
+        raise _executor_error(message) from None
+
+
+def _connect(host: str, port: int, timeout: float) -> None:
+    proxy = _https_proxy_for(host)
+    if proxy is not None:
+        import http.client
+
+        phost, pport = proxy
+        conn = http.client.HTTPConnection(phost, pport, timeout=timeout)
+        try:
+            conn.set_tunnel(host, port)
+            conn.connect()  # CONNECT host:port through the proxy; OSError unless the proxy says 200
+        finally:
+            conn.close()
+        return
+    infos = _resolve(host, port, timeout)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    for family, kind, proto, _, address in infos:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(address)
+            return
+        except OSError as exc:
+            last = exc
+        finally:
+            sock.close()
+    if last is None:
+        raise TimeoutError(f"connecting to {host}:{port} timed out after {timeout:g} s")
+    raise OSError(f"cannot connect to {host}:{port}: {last}")
+
+
+def _resolve(host: str, port: int, timeout: float) -> list:
+    """getaddrinfo with a deadline (the resolver itself has none; it runs in a daemon thread)."""
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except Exception as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"resolve-{host}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if "error" in result:
+        raise OSError(f"cannot resolve {host}: {result['error']}")
+    if "infos" not in result:
+        raise TimeoutError(f"resolving {host} timed out after {timeout:g} s")
+    if not result["infos"]:
+        raise OSError(f"cannot resolve {host}: no addresses")
+    return result["infos"]
+
+
+def _https_proxy_for(host: str) -> tuple[str, int] | None:
+    proxies = urllib.request.getproxies()
+    url = proxies.get("https")
+    if not url or urllib.request.proxy_bypass(host):
+        return None
+    parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 8080
+
+
+# ------------------------------------------------------------------------------------------------
+# Credentials for workers
+# ------------------------------------------------------------------------------------------------
+
+_KEY_NAMES = ("accessKeyId", "AWS_ACCESS_KEY_ID", "aws_access_key_id", "AccessKeyId")
+_SECRET_NAMES = ("secretAccessKey", "AWS_SECRET_ACCESS_KEY", "aws_secret_access_key", "SecretAccessKey")
+_TOKEN_NAMES = ("sessionToken", "AWS_SESSION_TOKEN", "aws_session_token", "SessionToken")
+_EXPIRY_NAMES = ("expiration", "Expiration", "AWS_CREDENTIAL_EXPIRATION")
+
+
+class CredentialError(RuntimeError):
+    """Credentials that are missing, malformed or cannot be fetched (message carries no secret)."""
+
+
+class SecretDict(dict):
+    """A dict of secrets that prints its keys only (`{'AWS_SECRET_ACCESS_KEY': '***', ...}`)."""
+
+    def __repr__(self) -> str:
+        return "{" + ", ".join(f"{k!r}: '***'" for k in self) + "}"
+
+    __str__ = __repr__
+
+
+def _first(credentials: Mapping[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = credentials.get(name)
+        if value:
+            return value
+    return None
+
+
+def _parts(credentials: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    key, secret = _first(credentials, _KEY_NAMES), _first(credentials, _SECRET_NAMES)
+    if not key or not secret:
+        missing = [n for n, v in (("access key id", key), ("secret access key", secret)) if not v]
+        raise CredentialError(
+            f"credentials lack the {' and '.join(missing)} (fields present: {sorted(credentials)})"
+        )
+    token = _first(credentials, _TOKEN_NAMES)
+    return str(key), str(secret), (str(token) if token else None)
+
+
+def worker_environment(credentials: Mapping[str, Any] | None, *, prefix: str = "") -> dict[str, str]:
+    """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN for workers.
+
+    Accepts NSIDC `s3credentials` answers (accessKeyId, secretAccessKey, sessionToken, expiration),
+    AWS_* names, boto-style lower-case names or STS `Credentials`. `None` gives `{}`. `prefix` names
+    the variables differently (e.g. "EARTHDATA_") so they do not replace the worker's own AWS identity.
+    """
+    if not credentials:
+        return SecretDict()
+    key, secret, token = _parts(credentials)
+    env = SecretDict({f"{prefix}AWS_ACCESS_KEY_ID": key, f"{prefix}AWS_SECRET_ACCESS_KEY": secret})
+    if token:
+        env[f"{prefix}AWS_SESSION_TOKEN"] = token
+    return env
+
+
+def reader_credentials(credentials: Mapping[str, Any]) -> dict[str, str]:
+    """The three-key dict h5coro's S3 driver takes (`storage_options={"credentials": ...}` of the
+    h5coro reader): the way to hand Earthdata credentials to a task explicitly, e.g. on Lambda,
+    where AWS_* variables are reserved for the function's own role."""
+    key, secret, token = _parts(credentials)
+    return SecretDict(aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token=token or "")
+
+
+def credentials_expiry(credentials: Mapping[str, Any]) -> float | None:
+    """Expiry as a POSIX timestamp, or None when the credentials do not say."""
+    value = _first(credentials, _EXPIRY_NAMES)
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise CredentialError(f"credentials expiration is not a date: {value!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _secret_values(credentials: Mapping[str, Any] | None) -> list[str]:
+    if not credentials:
+        return []
+    names = _KEY_NAMES + _SECRET_NAMES + _TOKEN_NAMES
+    return [str(v) for k, v in credentials.items() if k in names and v]
+
+
+def redact(text: str, secrets: Iterable[str] | Mapping[str, Any] | None) -> str:
+    """`text` with every occurrence of each secret (also URL-encoded) replaced by `***`.
+
+    `secrets` may be strings or a credentials mapping (all its values are treated as secret, except
+    an expiration). Strings shorter than 4 characters are ignored so that redaction cannot mangle a
+    message.
+    """
+    if not secrets:
+        return text
+    if isinstance(secrets, Mapping):
+        values = [v for k, v in secrets.items() if k not in _EXPIRY_NAMES]
+    else:
+        values = list(secrets)
+    forms: set[str] = set()
+    for value in values:
+        if not isinstance(value, str) or len(value) < 4:
+            continue
+        forms.add(value)
+        forms.add(urllib.parse.quote(value, safe=""))
+        forms.add(urllib.parse.quote_plus(value))
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+class CredentialSource:
+    """Temporary credentials that are re-fetched shortly before they expire.
+
+    `fetch()` returns a credentials mapping (e.g. `earthaccess.get_s3_credentials(daac="NSIDC")`,
+    valid ~1 h). `get()` returns the current mapping, fetching anew when fewer than `margin_s`
+    seconds (default 10 min) remain. Credentials without an expiration are taken to last
+    `default_lifetime_s`. A failed refresh while the old credentials are still valid keeps them (with
+    a warning); without valid credentials it raises `CredentialError`. Error messages are redacted.
+    Thread-safe; `clock` (POSIX seconds) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Mapping[str, Any]],
+        *,
+        margin_s: float = 600.0,
+        default_lifetime_s: float = 3600.0,
+        min_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._fetch = fetch
+        self.margin_s = margin_s
+        self.default_lifetime_s = default_lifetime_s
+        self.min_interval_s = min_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._current: dict[str, Any] | None = None
+        self._expires_at: float | None = None
+        self._fetched_at: float | None = None
+        self._seen: list[str] = []
+        self.fetches = 0
+
+    @property
+    def expires_at(self) -> float | None:
+        return self._expires_at
+
+    def remaining(self) -> float:
+        """Seconds until the current credentials expire (0 when there are none)."""
+        if self._expires_at is None:
+            return 0.0
+        return max(0.0, self._expires_at - self._clock())
+
+    def needs_refresh(self) -> bool:
+        if self._current is None:
+            return True
+        remaining = self.remaining()
+        if remaining <= 0:
+            return True
+        recently = self._fetched_at is not None and self._clock() - self._fetched_at < self.min_interval_s
+        return remaining < self.margin_s and not recently
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if self.needs_refresh():
+                self._refresh()
+            assert self._current is not None
+            return SecretDict(self._current)
+
+    def environment(self, *, prefix: str = "") -> dict[str, str]:
+        """`worker_environment` of the current (refreshed if needed) credentials."""
+        return worker_environment(self.get(), prefix=prefix)
+
+    def reader_credentials(self) -> dict[str, str]:
+        return reader_credentials(self.get())
+
+    def secrets(self) -> list[str]:
+        """Every secret value seen so far (older ones too: they may linger in messages)."""
+        return list(self._seen)
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._seen)
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        problem = None
+        try:
+            fresh = dict(self._fetch())
+            _parts(fresh)  # validates the fields
+            expiry = credentials_expiry(fresh)
+        except Exception as exc:  # noqa: BLE001
+            problem = redact(f"{type(exc).__name__}: {exc}", self._seen)
+        if problem is not None:
+            if self._current is not None and self.remaining() > 0:
+                logger.warning(
+                    "could not refresh credentials (%s); keeping the current ones for %.0f s",
+                    problem,
+                    self.remaining(),
+                )
+                self._fetched_at = now  # wait min_interval_s before trying again
+                return
+            raise CredentialError(f"could not fetch credentials: {problem}")
+        self.fetches += 1
+        self._seen.extend(v for v in _secret_values(fresh) if v not in self._seen)
+        self._current = fresh
+        self._fetched_at = now
+        self._expires_at = expiry if expiry is not None else now + self.default_lifetime_s
+        logger.info("fetched temporary credentials valid for %.0f s", self._expires_at - now)

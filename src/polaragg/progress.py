@@ -1,0 +1,146 @@
+"""Progress display and the end-of-run summary.
+
+Progress watches the ledger (records written by the tasks), so it works the same on every executor,
+including those whose workers cannot talk back to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from .ledger import TaskRecord, ledger_location
+
+
+class LedgerProgress:
+    """Background thread printing cells done/total, observations, cells/s and ETA."""
+
+    def __init__(self, store_url: str, total: int, *, storage_options: dict | None = None,
+                 stream: TextIO = sys.stderr, interval: float = 1.0, skip: int = 0) -> None:
+        self.store_url = store_url
+        self.total = total
+        self.storage_options = storage_options
+        self.stream = stream
+        self.interval = interval
+        self.skip = skip  # records already present before this run started (resumed work)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._seen: dict[str, int] = {}
+        self._start = time.perf_counter()
+
+    def __enter__(self) -> "LedgerProgress":
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._poll()
+        self._print(final=True)
+
+    def _poll(self) -> None:
+        fs, root = ledger_location(self.store_url, self.storage_options)
+        try:
+            paths = fs.glob(f"{root}/*.json")
+        except (OSError, FileNotFoundError):
+            return
+        for path in paths:
+            if path in self._seen:
+                continue
+            try:
+                with fs.open(path, "r") as f:
+                    self._seen[path] = int(json.load(f).get("observations", 0))
+            except (OSError, ValueError):
+                continue  # being written; read it next time
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._poll()
+            self._print()
+
+    def _print(self, final: bool = False) -> None:
+        done = len(self._seen)
+        new = max(0, done - self.skip)
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        rate = new / elapsed
+        remaining = max(self.total - done, 0)
+        eta = remaining / rate if rate > 0 else float("nan")
+        obs = sum(self._seen.values())
+        line = (f"  [{done:>5}/{self.total}] {obs:>13,} obs | {rate:5.1f} cells/s | "
+                f"ETA {eta:5.1f}s" if eta == eta else f"  [{done:>5}/{self.total}] {obs:>13,} obs | starting")
+        end = "\n" if final else "\r"
+        if self.stream.isatty() or final:
+            print(line, end=end, file=self.stream, flush=True)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The end-of-run figures (also kept in the store's root attributes)."""
+
+    store: str
+    executor: str
+    cells_total: int
+    cells_with_data: int
+    cells_empty_no_granules: int
+    cells_empty_filtered: int
+    cells_failed: int
+    child_cells_with_data: int
+    granules: int
+    granules_failed: int
+    observations: int
+    wall_seconds: float
+    task_seconds: float
+    peak_memory_bytes: int
+
+    def format(self) -> str:
+        bar = "=" * 70
+        thin = "-" * 70
+        rate = self.cells_total / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        obs_rate = self.observations / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return "\n".join([
+            bar,
+            "Summary",
+            bar,
+            f"      Total cells:          {self.cells_total:,}  (parent cells; {self.child_cells_with_data:,} child cells with data)",
+            f"      With data:            {self.cells_with_data:,}",
+            f"      Empty (no granules):  {self.cells_empty_no_granules:,}",
+            f"      Empty (filtered):     {self.cells_empty_filtered:,}",
+            f"      Errors:               {self.cells_failed:,}  (cells with a failed granule; {self.granules_failed} granule failures)",
+            f"      Granules:             {self.granules:,}",
+            f"      Total observations:   {self.observations:,}",
+            thin,
+            f"      Wall clock time:      {self.wall_seconds:.1f}s",
+            f"      Task time:            {self.task_seconds:.1f}s  (executor: {self.executor})",
+            f"      Throughput:           {rate:.1f} cells/sec, {obs_rate:,.0f} obs/sec",
+            f"      Peak task memory:     {self.peak_memory_bytes / 2**20:,.0f} MiB",
+            thin,
+            f"      Output location:      {self.store}",
+            bar,
+        ])
+
+
+def summarize(records: list[TaskRecord], *, store: str, executor: str, wall_seconds: float,
+              granules: int, child_cells_with_data: int) -> RunSummary:
+    failed_granules = {f["granule"] for r in records for f in r.failures}
+    return RunSummary(
+        store=store,
+        executor=executor,
+        cells_total=len(records),
+        cells_with_data=sum(r.observations > 0 for r in records),
+        cells_empty_no_granules=sum(r.granules == 0 for r in records),
+        cells_empty_filtered=sum(r.granules > 0 and r.observations == 0 and not r.failures for r in records),
+        cells_failed=sum(bool(r.failures) for r in records),
+        child_cells_with_data=child_cells_with_data,
+        granules=granules,
+        granules_failed=len(failed_granules),
+        observations=sum(r.observations for r in records),
+        wall_seconds=wall_seconds,
+        task_seconds=sum(r.seconds for r in records),
+        peak_memory_bytes=max((r.peak_memory_bytes for r in records), default=0),
+    )
+

@@ -1,0 +1,409 @@
+"""Granule readers behind one interface: h5py (local files, fsspec) and h5coro (file, S3, HTTPS byte ranges).
+
+A reader lists the beam groups present and reads whole variables or half-open row ranges
+(hyperslices) of `/gtx/land_ice_segments/*`. Every reader is a context manager: the caller closes
+every granule it opens, which matters for h5coro, whose cache lines live until `close()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from typing import Literal, Protocol
+
+import numpy as np
+
+from .products import atl06
+
+ReaderName = Literal["h5py", "h5coro"]
+
+log = logging.getLogger(__name__)
+
+# Granules opened in this process, by URL: lets tests and notebooks check that a computation read
+# only the granules it needed.
+OPENS: Counter[str] = Counter()
+_OPENS_LOCK = threading.Lock()
+
+
+class GranuleError(RuntimeError):
+    """A granule could not be read. `transient` says whether retrying may help."""
+
+    def __init__(self, url: str, reason: str, *, transient: bool = False) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.transient = transient
+
+
+class Granule(Protocol):
+    url: str
+
+    def beams(self) -> tuple[str, ...]: ...
+
+    def read(
+        self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Granule": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_granule(url: str, reader: ReaderName = "h5py", storage_options: dict | None = None) -> Granule:
+    """Open a granule by local path, `s3://bucket/key` or `https://...` URL with the named reader."""
+    with _OPENS_LOCK:
+        OPENS[url] += 1
+    if reader == "h5py":
+        return H5pyGranule(url, storage_options)
+    if reader == "h5coro":
+        return H5coroGranule(url, storage_options)
+    raise ValueError(f"unknown reader {reader!r}; expected 'h5py' or 'h5coro'")
+
+
+class _GranuleBase:
+    url: str
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class H5pyGranule(_GranuleBase):
+    """h5py reader: local files directly, remote URLs through fsspec file objects."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        # land_ice_segments groups by beam: h5py path lookups are slow enough to matter per read
+        self._groups: dict[str, object] = {}
+        import h5py
+
+        self.url = url
+        self._fileobj = None
+        remote = "://" in url and not url.startswith("file://")
+        try:
+            if remote:
+                import fsspec
+
+                from .ledger import fsspec_options
+
+                self._fileobj = fsspec.open(url, "rb", **fsspec_options(url, storage_options)).open()
+                self._file = h5py.File(self._fileobj, "r")
+            else:
+                self._file = h5py.File(url.removeprefix("file://"), "r")
+        except BaseException as exc:
+            if self._fileobj is not None:
+                self._fileobj.close()
+            if isinstance(exc, FileNotFoundError):
+                raise GranuleError(url, "file not found") from exc
+            if isinstance(exc, PermissionError):  # s3fs: AccessDenied and friends
+                raise GranuleError(url, f"access denied ({exc})") from exc
+            if isinstance(exc, OSError):
+                raise GranuleError(url, f"not a readable HDF5 file ({exc})", transient=_is_transient(exc)) from exc
+            if remote and isinstance(exc, Exception):  # botocore / aiohttp errors escaping s3fs
+                raise GranuleError(url, f"cannot open ({type(exc).__name__}: {exc})",
+                                   transient=_is_transient(exc)) from exc
+            raise
+
+    def beams(self) -> tuple[str, ...]:
+        return tuple(b for b in atl06.BEAMS if f"{b}/{atl06.SEGMENTS_GROUP}" in self._file)
+
+    def read(
+        self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        sel = slice(None) if rows is None else slice(rows[0], rows[1])
+        group = self._groups.get(beam)
+        if group is None:
+            try:
+                group = self._groups[beam] = self._file[f"{beam}/{atl06.SEGMENTS_GROUP}"]
+            except KeyError as exc:
+                raise GranuleError(self.url, f"missing group /{beam}/{atl06.SEGMENTS_GROUP}") from exc
+        for name in variables:
+            path = atl06.dataset_path(beam, name)
+            try:
+                dset = group[name]
+            except KeyError as exc:
+                raise GranuleError(self.url, f"missing variable {path}") from exc
+            try:
+                out[name] = dset[sel]
+            except OSError as exc:
+                raise GranuleError(self.url, f"cannot read {path} ({exc})", transient=_is_transient(exc)) from exc
+            except Exception as exc:
+                if self._fileobj is None:
+                    raise
+                # remote file objects can fail with botocore / aiohttp errors that are not OSErrors
+                raise GranuleError(self.url, f"cannot read {path} ({type(exc).__name__}: {exc})",
+                                   transient=_is_transient(exc)) from exc
+        return out
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            if self._fileobj is not None:
+                self._fileobj.close()
+
+
+class H5coroGranule(_GranuleBase):
+    """h5coro reader: concurrent byte-range reads from a local file, S3 or HTTPS."""
+
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        from h5coro import h5coro
+
+        self.url = url
+        options = dict(storage_options or {})
+        if url.startswith("s3://"):
+            # The endpoint comes from the environment: botocore honours AWS_ENDPOINT_URL_S3 /
+            # AWS_ENDPOINT_URL (h5coro's S3 driver has no endpoint argument).
+            driver, resource = _s3_driver_class(), url.removeprefix("s3://")
+            credentials = options.get("credentials") or _s3_credentials_from_env()
+        elif url.startswith(("http://", "https://")):
+            from h5coro import webdriver
+
+            driver, resource, credentials = webdriver.HTTPDriver, url, options.get("credentials", {})
+        else:
+            from h5coro import filedriver
+
+            resource = url.removeprefix("file://")
+            if not os.path.exists(resource):
+                raise GranuleError(url, "file not found")
+            driver, credentials = filedriver.FileDriver, {}
+        try:
+            self._h5 = h5coro.H5Coro(resource, driver, credentials=credentials, errorChecking=True)
+        except S3ReadError as exc:
+            raise GranuleError(url, exc.reason, transient=exc.transient) from exc
+        except Exception as exc:  # h5coro raises assorted types for unreadable superblocks
+            raise GranuleError(url, f"not a readable HDF5 file ({exc})", transient=_is_transient(exc)) from exc
+        self._beams: tuple[str, ...] | None = None
+
+    def beams(self) -> tuple[str, ...]:
+        if self._beams is None:
+            try:
+                _, _, groups = self._h5.list("/", w_attr=False)
+            except S3ReadError as exc:
+                raise GranuleError(self.url, exc.reason, transient=exc.transient) from exc
+            except Exception as exc:
+                raise GranuleError(self.url, f"cannot list groups ({exc})", transient=_is_transient(exc)) from exc
+            self._beams = tuple(b for b in atl06.BEAMS if b in groups)
+        return self._beams
+
+    def read(
+        self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None
+    ) -> dict[str, np.ndarray]:
+        requests = []
+        for name in variables:
+            hyperslice = [] if rows is None else [[int(rows[0]), int(rows[1])]]
+            requests.append({"dataset": atl06.dataset_path(beam, name), "hyperslice": hyperslice})
+        try:
+            promise = self._h5.readDatasets(requests, block=True)
+        except S3ReadError as exc:
+            raise GranuleError(self.url, exc.reason, transient=exc.transient) from exc
+        except Exception as exc:
+            raise GranuleError(self.url, f"cannot read beam {beam} ({exc})", transient=_is_transient(exc)) from exc
+        out: dict[str, np.ndarray] = {}
+        for name in variables:
+            path = atl06.dataset_path(beam, name).lstrip("/")
+            values = promise[path] if path in promise.keys() else None
+            if values is None:
+                # h5coro reports missing datasets and bad hyperslices as null results, not exceptions.
+                raise GranuleError(self.url, f"missing or unreadable variable /{path}")
+            out[name] = np.asarray(values)
+        return out
+
+    def close(self) -> None:
+        self._h5.close()
+
+
+def _s3_credentials_from_env() -> dict[str, str]:
+    """Credentials for h5coro's S3 driver from the standard AWS variables.
+
+    With AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set: the three-key dict the driver needs (its
+    session token may be empty for long-term keys). Without them: an empty dict, which makes the
+    driver open a default boto3 session (profile, container or instance role, web identity), the
+    same chain s3fs uses.
+    """
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if not (key and secret):
+        return {}
+    return {
+        "aws_access_key_id": key,
+        "aws_secret_access_key": secret,
+        "aws_session_token": os.environ.get("AWS_SESSION_TOKEN", ""),
+    }
+
+
+class S3ReadError(OSError):
+    """A failed S3 byte-range read, classified. Deliberately not a RuntimeError: h5coro turns
+    RuntimeErrors raised inside its dataset threads into null results, losing the reason."""
+
+    def __init__(self, reason: str, *, transient: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+_S3_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
+_S3_DENIED = {
+    "AccessDenied", "Forbidden", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+}
+_S3_TRANSIENT = {
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded", "RequestTimeout",
+    "RequestTimeoutException", "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+    "OperationAborted",
+}
+
+
+def classify_s3_error(exc: BaseException, bucket: str, key: str) -> S3ReadError:
+    """A botocore failure of a GET on s3://bucket/key as a reason and a transient flag.
+
+    The reason holds the error code and S3's fixed message only, never request details (the
+    responses of signature errors echo the access key id).
+    """
+    import botocore.exceptions as bce
+
+    where = f"s3://{bucket}/{key}"
+    if isinstance(exc, bce.ClientError):
+        error = exc.response.get("Error", {}) or {}
+        code = str(error.get("Code", "") or "")
+        status = int((exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode", 0) or 0)
+        if code == "NoSuchBucket":
+            return S3ReadError(f"bucket not found ({where}: NoSuchBucket)", transient=False)
+        if code in _S3_NOT_FOUND or status == 404:
+            return S3ReadError(f"object not found ({where}: {code or status})", transient=False)
+        if code in _S3_DENIED or status == 403:
+            return S3ReadError(f"access denied ({where}: {code or status})", transient=False)
+        if code in _S3_TRANSIENT or status in (429, 500, 502, 503, 504):
+            return S3ReadError(f"S3 busy or failing ({where}: {code or status})", transient=True)
+        if code == "InvalidRange" or status == 416:
+            return S3ReadError(f"byte range beyond the end of the object, truncated file? ({where})",
+                               transient=False)
+        return S3ReadError(f"S3 error ({where}: {code or status})", transient=False)
+    if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
+        return S3ReadError(f"no usable AWS credentials for {where} ({type(exc).__name__})", transient=False)
+    transient_types = (
+        bce.ConnectionError,  # endpoint connection, connect timeouts, proxies
+        bce.HTTPClientError,  # read timeouts, connections closed mid-response
+        bce.IncompleteReadError,
+        bce.ResponseStreamingError,
+        TimeoutError,
+        ConnectionError,
+    )
+    if isinstance(exc, transient_types) or _is_transient(exc):
+        return S3ReadError(f"S3 connection failed ({where}: {type(exc).__name__})", transient=True)
+    return S3ReadError(f"S3 read failed ({where}: {type(exc).__name__}: {exc})", transient=False)
+
+
+_S3_DRIVER_CLASS = None
+# boto3 sessions shared by the S3 drivers of this process, by credentials. A new session parses
+# botocore's endpoint and service JSON again (~0.4 s, 80 % of opening a small granule); a client
+# from a warm session takes ~5 ms and resolves the endpoint (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)
+# afresh. Sessions are not thread-safe, so clients are created under a lock (clients are).
+_S3_SESSIONS: dict[tuple, object] = {}
+_S3_SESSIONS_LOCK = threading.Lock()
+_S3_SESSIONS_MAX = 4  # temporary credentials rotate; keep only the latest few
+
+
+def _s3_driver_class():
+    """h5coro's S3 driver, raising a classified `S3ReadError` where the stock one logs and returns
+    None (which later surfaces as a TypeError with no reason), and reusing boto3 sessions."""
+    global _S3_DRIVER_CLASS
+    if _S3_DRIVER_CLASS is None:
+        from h5coro import s3driver
+
+        class ClassifyingS3Driver(s3driver.S3Driver):
+            def __init__(self, resource, credentials, session=None, max_connections=None):
+                key = (os.getpid(), tuple(sorted((str(k), str(v)) for k, v in dict(credentials).items())))
+                with _S3_SESSIONS_LOCK:
+                    if session is None:
+                        session = _S3_SESSIONS.get(key)
+                    super().__init__(resource, credentials, session, max_connections)
+                    if key not in _S3_SESSIONS:
+                        while len(_S3_SESSIONS) >= _S3_SESSIONS_MAX:
+                            _S3_SESSIONS.pop(next(iter(_S3_SESSIONS)))
+                        _S3_SESSIONS[key] = self.session
+
+            def read(self, offset, size):
+                if self._closed:
+                    raise RuntimeError("S3Driver has been closed and cannot be used.")
+                try:
+                    response = self.client.get_object(
+                        Bucket=self.bucket_name, Key=self.key, Range=f"bytes={offset}-{offset + size - 1}"
+                    )
+                    return response["Body"].read()
+                except Exception as exc:
+                    raise classify_s3_error(exc, self.bucket_name, self.key) from exc
+
+            def copy(self, max_connections=None):
+                return type(self)("/".join(self.resourcePath), self.cached_credentials, self.session,
+                                  max_connections)
+
+        _S3_DRIVER_CLASS = ClassifyingS3Driver
+    return _S3_DRIVER_CLASS
+
+
+_TRANSIENT_MARKERS = (
+    "timed out",
+    "timeout",
+    "throttl",
+    "slowdown",
+    "slow down",
+    "connection reset",
+    "connection aborted",
+    "connection refused",
+    "temporarily unavailable",
+    "503",
+    "500 internal",
+    "broken pipe",
+)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Whether an I/O failure looks like a flaky service (retry) rather than a bad file (record).
+
+    Looks through the exception's causes: s3fs and h5py wrap the botocore or socket error that
+    says what happened.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, (TimeoutError, ConnectionError)):
+            return True
+        boto = _botocore_transient(current)
+        if boto is not None:
+            return boto
+        text = str(current).lower()
+        if any(marker in text for marker in _TRANSIENT_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _botocore_transient(exc: BaseException) -> bool | None:
+    """Transient or not for botocore errors; None for anything else."""
+    import sys
+
+    if "botocore" not in sys.modules:  # then exc cannot be a botocore error
+        return None
+    import botocore.exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        code = str((exc.response.get("Error", {}) or {}).get("Code", "") or "")
+        status = int((exc.response.get("ResponseMetadata", {}) or {}).get("HTTPStatusCode", 0) or 0)
+        return code in _S3_TRANSIENT or status in (429, 500, 502, 503, 504)
+    if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError,
+                        bce.ResponseStreamingError)):
+        return True
+    if isinstance(exc, bce.BotoCoreError):
+        return False
+    return None

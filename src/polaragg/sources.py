@@ -1,0 +1,111 @@
+"""Resolve a recipe's inputs: the AOI geometry, its parent cells, and the granule catalog.
+
+Synthetic sources are generated once into a cache folder keyed by their parameters; directory and
+synthetic sources then go through the same path as CMR records (UMM-G -> catalog).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from .catalog import Catalog, CatalogError, build_catalog, read_directory
+from .coverage import cells_covering, footprint_cells
+from .recipe import Aoi, CatalogSource, CmrSource, DirectorySource, Recipe, SyntheticSource
+
+
+def aoi_geometry(aoi: Aoi) -> shapely.Polygon | shapely.MultiPolygon:
+    """The AOI as a (multi)polygon in lon/lat degrees, vertices in ring order."""
+    from . import aoi as shipped
+
+    if aoi.bbox is not None:
+        return bbox_polygon(*aoi.bbox)
+    if aoi.polygon is not None:
+        return shapely.Polygon(aoi.polygon)
+    if aoi.basins is not None:
+        parts = [shipped.basin(b) for b in aoi.basins]
+        polys = [p for g in parts for p in getattr(g, "geoms", [g])]
+        return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+    if aoi.outline:
+        return shipped.outline()
+    return shipped.load_geojson(aoi.geojson, crs=aoi.crs)
+
+
+def bbox_polygon(lon_min: float, lat_min: float, lon_max: float, lat_max: float) -> shapely.Polygon:
+    """A lon/lat box whose east-west edges follow parallels (densified every 0.25 deg of longitude)."""
+    span = (lon_max - lon_min) % 360.0 or 360.0
+    n = max(2, int(np.ceil(span / 0.25)) + 1)
+    lons = lon_min + np.linspace(0.0, span, n)
+    lons = (lons + 180.0) % 360.0 - 180.0
+    south = np.column_stack([lons, np.full(n, lat_min)])
+    north = np.column_stack([lons[::-1], np.full(n, lat_max)])
+    return shapely.Polygon(np.vstack([south, north]))
+
+
+def aoi_parents(recipe: Recipe) -> np.ndarray:
+    """Parent cells covering the AOI. Boxes go through the rectangle path, whose parallel edges are exact."""
+    order = recipe.grid.parent_order
+    if recipe.aoi.bbox is not None:
+        west, south, east, north = recipe.aoi.bbox
+        rect = {"WestBoundingCoordinate": west, "SouthBoundingCoordinate": south,
+                "EastBoundingCoordinate": east, "NorthBoundingCoordinate": north}
+        return footprint_cells({"BoundingRectangles": [rect]}, order)
+    return cells_covering(aoi_geometry(recipe.aoi), order)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("POLARAGG_CACHE", Path.home() / ".cache" / "polaragg"))
+
+
+def synthetic_folder(source: SyntheticSource) -> Path:
+    """Generate the synthetic granules if not cached; return their folder."""
+    from .synthetic import SynthConfig, generate
+
+    params = source.model_dump(mode="json", exclude={"cache_dir"})
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    base = Path(source.cache_dir).expanduser() if source.cache_dir else default_cache_dir()
+    folder = base / f"synthetic-{key}"
+    done = folder / ".complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        config = SynthConfig(
+            seed=source.seed,
+            cycle=source.cycle,
+            rgts=source.rgt_values(),
+            regions=tuple(source.regions),
+            bbox=tuple(source.bbox) if source.bbox else None,
+            weak_beam_dropout=source.weak_beam_dropout,
+            cloud_fraction=source.cloud_fraction,
+        )
+        generate(folder, config)
+        done.write_text(json.dumps(params))
+    return folder
+
+
+def load_catalog(recipe: Recipe) -> Catalog:
+    """The recipe's catalog: read, built from local records, or searched in CMR once."""
+    source = recipe.source
+    if isinstance(source, CatalogSource):
+        return Catalog.read(source.path)
+    parents = aoi_parents(recipe)
+    order = recipe.grid.parent_order
+    if isinstance(source, SyntheticSource):
+        return build_catalog(read_directory(synthetic_folder(source)), parents, order)
+    if isinstance(source, DirectorySource):
+        return build_catalog(read_directory(source.path), parents, order)
+    if isinstance(source, CmrSource):
+        from .cmr import CmrQuery, CmrSettings, search_granules
+
+        patterns = tuple(f"ATL06_??????????????_????{c:02d}??_*" for c in source.cycles)
+        query = CmrQuery(
+            short_name=source.short_name, version=source.version, provider=source.provider,
+            temporal=source.temporal, granule_name_patterns=patterns,
+        )
+        settings = CmrSettings(host=source.host, scheme=source.scheme, timeout=source.timeout, retries=source.retries)
+        return build_catalog(search_granules(query, settings), parents, order, access=source.access)
+    raise CatalogError(f"unsupported source {type(source).__name__}")

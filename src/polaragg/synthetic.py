@@ -1,0 +1,785 @@
+"""Deterministic generator of realistic synthetic ATL06 granules (HDF5) and their UMM-G records.
+
+No real ATL06 file can be fetched from every machine this project runs on, so the embedded default data
+is simulated from the exact-repeat orbit model: a reference ground track per RGT, six beams offset across
+track, one row every 20 m, cloud gaps, strong/weak beam error levels, quality flags, fill values and missing
+weak beams, all written with the storage layout of real v006 granules. Everything is vectorised per granule
+and beam.
+
+Randomness: per-granule choices (weak-beam dropout, cloud runs) come from a generator seeded by
+(seed, cycle, rgt, region), the orientation from (seed, cycle, rgt); per-row values come from a counter-based
+hash of (granule key, beam, segment number). A bounding-box subset therefore holds exactly the rows the full
+granule has at those segments, and changing the RGT list or the box never changes any other granule.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from polaragg.products.atl06 import (
+    BEAM_OFFSETS_M,
+    BEAMS,
+    CHUNK_ROWS,
+    DELTA_TIME_UNITS,
+    GPS_EPOCH_2018,
+    GZIP_LEVEL,
+    SEGMENTS_GROUP,
+    SPOTS_BY_ORIENT,
+    VARIABLES,
+    is_strong,
+)
+
+__all__ = [
+    "SynthConfig",
+    "SynthGranule",
+    "cycle_start",
+    "delta_time_of",
+    "generate",
+    "granule_name",
+    "region_u_bounds",
+]
+
+# Orbit model (see reference/atl06.md).
+EARTH_RADIUS_M = 6371000.0
+INCLINATION = math.radians(92.0)
+K_ROT = 91.0 / 1387.0  # Earth rotations per revolution
+NODAL_PERIOD_S = 5657.38
+N_RGT = 1387
+LON_1 = 0.0  # longitude of the ascending node of RGT 1 (radians); fixed, arbitrary
+SEGMENT_M = 20.0
+DU = SEGMENT_M / EARTH_RADIUS_M  # radians of argument of latitude per row
+
+EPOCH_2018_UTC = datetime(2018, 1, 1, tzinfo=UTC)
+LEAP_SECONDS = 18  # GPS - UTC since 2017-01-01
+
+# Footprint (UMM-G polygon): swath envelope around the RGT, densely sampled, extended past both ends.
+FOOTPRINT_HALF_WIDTH_M = 6300.0
+FOOTPRINT_VERTEX_SPACING_M = 4000.0
+FOOTPRINT_END_EXTENSION_M = 3000.0
+
+# Size of a real granule per row over all beams (real files carry ~150 variables per beam).
+REAL_BYTES_PER_ROW = 140
+REAL_FIXED_BYTES = 2_000_000
+
+# Cloud runs: mean length of a cloudy along-track run, in rows (5 km).
+MEAN_CLOUD_ROWS = 250.0
+
+# bbox pre-selection: coarse RGT sampling step and the distance margin that covers beam offsets + step.
+COARSE_STEP_M = 2000.0
+COARSE_MARGIN_M = 12000.0
+
+# Cycle starts (UTC year, month, day, hour, minute), derived from real granule names (+-1 min).
+_CYCLE_STARTS: dict[int, tuple[int, int, int, int, int]] = {
+    1: (2018, 9, 28, 16, 19), 2: (2018, 12, 28, 11, 59), 3: (2019, 3, 29, 7, 39),
+    4: (2019, 6, 28, 3, 19), 5: (2019, 9, 26, 22, 58), 6: (2019, 12, 26, 18, 38),
+    7: (2020, 3, 26, 14, 18), 8: (2020, 6, 25, 9, 58), 9: (2020, 9, 24, 5, 38),
+    10: (2020, 12, 24, 1, 17), 11: (2021, 3, 24, 20, 57), 12: (2021, 6, 23, 16, 37),
+    13: (2021, 9, 22, 12, 17), 14: (2021, 12, 22, 7, 57), 15: (2022, 3, 23, 3, 36),
+    16: (2022, 6, 21, 23, 16), 17: (2022, 9, 20, 18, 56), 18: (2022, 12, 20, 14, 36),
+    19: (2023, 3, 21, 10, 15), 20: (2023, 6, 20, 5, 55), 21: (2023, 9, 19, 1, 35),
+    22: (2023, 12, 18, 21, 15), 23: (2024, 3, 18, 16, 55), 24: (2024, 6, 17, 12, 34),
+    25: (2024, 9, 16, 8, 14), 26: (2024, 12, 16, 3, 54), 27: (2025, 3, 16, 23, 34),
+    28: (2025, 6, 15, 19, 14), 29: (2025, 9, 14, 14, 53), 30: (2025, 12, 14, 10, 33),
+}
+
+SUPPORTED_REGIONS = (10, 11, 12)
+
+_UNITS: dict[str, str] = {
+    "latitude": "degrees_north",
+    "longitude": "degrees_east",
+    "h_li": "meters",
+    "h_li_sigma": "meters",
+    "atl06_quality_summary": "1",
+    "delta_time": DELTA_TIME_UNITS,
+    "segment_id": "1",
+    "sigma_geo_h": "meters",
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What to simulate: one cycle, a set of RGTs and Antarctic regions, optionally clipped to a lon/lat box.
+
+    ``rgts=()`` means all 1387 RGTs. ``bbox`` is (lon_min, lat_min, lon_max, lat_max) in degrees; when
+    given, only rows inside it are written and granules without such rows are skipped; lon_min > lon_max means
+    the box crosses the antimeridian.
+    """
+
+    seed: int = 0
+    cycle: int = 22
+    rgts: tuple[int, ...] = ()
+    regions: tuple[int, ...] = (10, 11, 12)
+    bbox: tuple[float, float, float, float] | None = None
+    version: str = "006"
+    weak_beam_dropout: float = 0.1
+    cloud_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        rgts = tuple(int(r) for r in self.rgts)
+        regions = tuple(int(r) for r in self.regions)
+        object.__setattr__(self, "rgts", rgts)
+        object.__setattr__(self, "regions", regions)
+        if self.bbox is not None:
+            bbox = tuple(float(v) for v in self.bbox)
+            if len(bbox) != 4:
+                raise ValueError("bbox must be (lon_min, lat_min, lon_max, lat_max)")
+            lon_min, lat_min, lon_max, lat_max = bbox
+            if not (-90.0 <= lat_min < lat_max <= 90.0):
+                raise ValueError(f"bbox latitudes must satisfy -90 <= lat_min < lat_max <= 90, got {bbox}")
+            if not (-180.0 <= lon_min <= 180.0 and -180.0 <= lon_max <= 180.0):
+                raise ValueError(f"bbox longitudes must lie in [-180, 180], got {bbox}")
+            object.__setattr__(self, "bbox", bbox)
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        cycle_start(self.cycle)  # validates the cycle
+        if any(not 1 <= r <= N_RGT for r in rgts):
+            raise ValueError("rgts must lie in 1..1387")
+        if any(r not in SUPPORTED_REGIONS for r in regions):
+            raise ValueError(f"regions must be among {SUPPORTED_REGIONS}")
+        if not (len(self.version) == 3 and self.version.isdigit()):
+            raise ValueError(f"version must be three digits, got {self.version!r}")
+        if not 0.0 <= self.weak_beam_dropout <= 1.0:
+            raise ValueError("weak_beam_dropout must lie in [0, 1]")
+        if not 0.0 <= self.cloud_fraction < 1.0:
+            raise ValueError("cloud_fraction must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SynthGranule:
+    """One written granule: its HDF5 file, its UMM-G record, its row count over all beams, its beam groups."""
+
+    name: str
+    h5_path: Path
+    umm_path: Path
+    rgt: int
+    cycle: int
+    region: int
+    rows: int
+    beams: tuple[str, ...] = field(default=())
+
+
+def cycle_start(cycle: int) -> datetime:
+    """UTC start of an ICESat-2 cycle (1..30), from a table derived from real granule names."""
+    if cycle not in _CYCLE_STARTS:
+        raise ValueError(f"cycle must be in 1..{max(_CYCLE_STARTS)}, got {cycle}")
+    y, mo, d, h, mi = _CYCLE_STARTS[cycle]
+    return datetime(y, mo, d, h, mi, tzinfo=UTC)
+
+
+def granule_name(
+    start: datetime, rgt: int, cycle: int, region: int, version: str = "006", revision: int = 1
+) -> str:
+    """ATL06 file name ``ATL06_yyyymmddhhmmss_ttttccnn_vvv_rr.h5`` of a granule starting at ``start``.
+
+    A naive ``start`` is taken as UTC.
+    """
+    if start.tzinfo is not None:
+        start = start.astimezone(UTC)
+    return f"ATL06_{start:%Y%m%d%H%M%S}_{rgt:04d}{cycle:02d}{region:02d}_{version}_{revision:02d}.h5"
+
+
+def region_u_bounds(region: int) -> tuple[float, float]:
+    """Argument-of-latitude interval [u0, u1) (radians) of an Antarctic region (10, 11 or 12)."""
+    u_a = math.asin(math.sin(math.radians(59.5)) / math.sin(INCLINATION))
+    u_b = math.asin(math.sin(math.radians(80.0)) / math.sin(INCLINATION))
+    if region == 10:
+        return math.pi + u_a, math.pi + u_b
+    if region == 11:
+        return math.pi + u_b, 2 * math.pi - u_b
+    if region == 12:
+        return 2 * math.pi - u_b, 2 * math.pi - u_a
+    raise ValueError(f"only Antarctic regions {SUPPORTED_REGIONS} are simulated, got {region}")
+
+
+def _time_offset_s(rgt: int, u: float | np.ndarray) -> float | np.ndarray:
+    """Seconds from the cycle start to argument of latitude ``u`` on RGT ``rgt``."""
+    return ((rgt - 1) + np.asarray(u) / (2 * math.pi)) * NODAL_PERIOD_S
+
+
+def delta_time_of(when: datetime) -> float:
+    """ATL06 delta_time of a UTC instant.
+
+    GPS seconds = delta_time + atlas_sdp_gps_epoch and UTC = GPS - 18 s, so delta_time equals the UTC seconds
+    elapsed since 2018-01-01T00:00:00Z.
+    """
+    gps_seconds = (when - datetime(1980, 1, 6, tzinfo=UTC)).total_seconds() + LEAP_SECONDS
+    return gps_seconds - GPS_EPOCH_2018
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def _lon_node(rgt: int) -> float:
+    return (LON_1 - (rgt - 1) * 2 * math.pi * K_ROT) % (2 * math.pi)
+
+
+def _track(u: np.ndarray, rgt: int) -> tuple[np.ndarray, np.ndarray]:
+    """Earth-fixed unit position P and unit along-track tangent T of the RGT at ``u``, each (3, n)."""
+    sin_i, cos_i = math.sin(INCLINATION), math.cos(INCLINATION)
+    su, cu = np.sin(u), np.cos(u)
+    a = _lon_node(rgt) - K_ROT * u
+    sa, ca = np.sin(a), np.cos(a)
+    qx, qy, qz = cu, cos_i * su, sin_i * su
+    px = ca * qx - sa * qy
+    py = sa * qx + ca * qy
+    pz = qz
+    # dP/du = Rz(a) Q'(u) - K z x P
+    dqx, dqy, dqz = -su, cos_i * cu, sin_i * cu
+    tx = ca * dqx - sa * dqy + K_ROT * py
+    ty = sa * dqx + ca * dqy - K_ROT * px
+    tz = dqz
+    norm = np.sqrt(tx * tx + ty * ty + tz * tz)
+    return np.stack([px, py, pz]), np.stack([tx / norm, ty / norm, tz / norm])
+
+
+def _offset_latlon(p: np.ndarray, n: np.ndarray, offset_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Latitude and longitude (degrees, lon in [-180, 180)) of P cos(d/R) + N sin(d/R)."""
+    c, s = math.cos(offset_m / EARTH_RADIUS_M), math.sin(offset_m / EARTH_RADIUS_M)
+    bx = c * p[0] + s * n[0]
+    by = c * p[1] + s * n[1]
+    bz = c * p[2] + s * n[2]
+    lat = np.degrees(np.arcsin(np.clip(bz, -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(by, bx))
+    lon[lon >= 180.0] -= 360.0
+    return lat, lon
+
+
+def _cross(p: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """P x T for (3, n) arrays: the unit vector pointing left of the direction of flight."""
+    return np.stack([p[1] * t[2] - p[2] * t[1], p[2] * t[0] - p[0] * t[2], p[0] * t[1] - p[1] * t[0]])
+
+
+def _lon_distance_to_interval(lon: np.ndarray, lon_min: float, lon_max: float) -> np.ndarray:
+    """Angular distance (degrees) from longitudes to [lon_min, lon_max] (wrapping if min > max)."""
+    inside = _lon_inside(lon, lon_min, lon_max)
+    d_min = np.abs((lon - lon_min + 180.0) % 360.0 - 180.0)
+    d_max = np.abs((lon - lon_max + 180.0) % 360.0 - 180.0)
+    return np.where(inside, 0.0, np.minimum(d_min, d_max))
+
+
+def _lon_inside(lon: np.ndarray, lon_min: float, lon_max: float) -> np.ndarray:
+    if lon_min <= lon_max:
+        return (lon >= lon_min) & (lon <= lon_max)
+    return (lon >= lon_min) | (lon <= lon_max)
+
+
+def _in_bbox(lat: np.ndarray, lon: np.ndarray, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    lon_min, lat_min, lon_max, lat_max = bbox
+    return (lat >= lat_min) & (lat <= lat_max) & _lon_inside(lon, lon_min, lon_max)
+
+
+def _rows_near_bbox(j0: int, j1: int, rgt: int, bbox: tuple[float, float, float, float]) -> np.ndarray:
+    """Segment indices j in [j0, j1) whose rows (any beam) may fall inside ``bbox``.
+
+    Conservative: the RGT is sampled every 2 km and kept wherever it comes within a margin covering the beam
+    offsets; the exact per-beam test follows.
+    """
+    step = max(1, int(COARSE_STEP_M / SEGMENT_M))
+    jc = np.arange(j0, j1 + step, step, dtype=np.int64)
+    jc[-1] = min(jc[-1], j1 - 1)
+    p, _ = _track(jc * DU, rgt)
+    lat = np.degrees(np.arcsin(np.clip(p[2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(p[1], p[0]))
+    lon_min, lat_min, lon_max, lat_max = bbox
+    m_rad = COARSE_MARGIN_M / EARTH_RADIUS_M
+    m_deg = math.degrees(m_rad)
+    lat_ok = (lat >= lat_min - m_deg) & (lat <= lat_max + m_deg)
+    # Points within distance m of each other, both at |lat| <= |lat_c| + m, differ in longitude by at most
+    # ~m / (R cos(|lat_c| + m)); use twice that, or every longitude close to the pole.
+    cos_pole = np.cos(np.radians(np.minimum(np.abs(lat) + m_deg, 90.0)))
+    with np.errstate(divide="ignore"):
+        lon_margin = np.where(cos_pole > 2 * m_rad, np.degrees(2 * m_rad / cos_pole), 360.0)
+    near = lat_ok & (_lon_distance_to_interval(lon, lon_min, lon_max) <= lon_margin)
+    if not near.any():
+        return np.empty(0, dtype=np.int64)
+    idx = np.flatnonzero(near)
+    # Each flagged coarse point covers the fine rows within one coarse step on either side.
+    starts = np.maximum(jc[idx] - step, j0)
+    ends = np.minimum(jc[idx] + step + 1, j1)
+    # Merge overlapping intervals (starts and ends are both increasing).
+    new_run = np.ones(len(idx), dtype=bool)
+    new_run[1:] = starts[1:] > ends[:-1]
+    run_starts = starts[new_run]
+    run_ends = ends[np.flatnonzero(np.append(new_run[1:], True))]
+    lengths = run_ends - run_starts
+    total = int(lengths.sum())
+    offsets = np.repeat(run_starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + offsets
+
+
+def _footprint_points(u0: float, u1: float, rgt: int) -> list[dict[str, float]]:
+    """Closed counter-clockwise ring of the +-6.3 km swath envelope over [u0, u1], extended past both ends."""
+    ext = FOOTPRINT_END_EXTENSION_M / EARTH_RADIUS_M
+    ua, ub = u0 - ext, u1 + ext
+    n = int(math.ceil((ub - ua) / (FOOTPRINT_VERTEX_SPACING_M / EARTH_RADIUS_M))) + 1
+    u = np.linspace(ua, ub, n)
+    p, t = _track(u, rgt)
+    nrm = _cross(p, t)  # points left of the direction of flight
+    lat_r, lon_r = _offset_latlon(p, nrm, -FOOTPRINT_HALF_WIDTH_M)
+    lat_l, lon_l = _offset_latlon(p, nrm, +FOOTPRINT_HALF_WIDTH_M)
+    # Forward along the right edge, back along the left edge: interior on the left, i.e. counter-clockwise.
+    lats = np.concatenate([lat_r, lat_l[::-1], lat_r[:1]])
+    lons = np.concatenate([lon_r, lon_l[::-1], lon_r[:1]])
+    return [{"Longitude": round(float(lo), 6), "Latitude": round(float(la), 6)} for lo, la in zip(lons, lats)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Randomness
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _hash(j: np.ndarray, key: np.uint64) -> np.ndarray:
+    """splitmix64 of (key + j * golden): independent 64-bit words per segment index."""
+    x = j.astype(np.uint64) * _GOLDEN
+    x += key
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _uniform_pair(j: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent uniforms in (0, 1) per segment index."""
+    x = _hash(j, key)
+    scale = 1.0 / 4294967296.0
+    hi = ((x >> np.uint64(32)).astype(np.float64) + 0.5) * scale
+    lo = ((x & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) * scale
+    return hi, lo
+
+
+def _normal_pair(j: np.ndarray, key: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent standard normals per segment index (Box-Muller)."""
+    u1, u2 = _uniform_pair(j, key)
+    r = np.sqrt(-2.0 * np.log(u1))
+    ang = 2.0 * math.pi * u2
+    return r * np.cos(ang), r * np.sin(ang)
+
+
+def _keys(seed: int, cycle: int, rgt: int, region: int, beam_index: int) -> tuple[np.uint64, ...]:
+    state = np.random.SeedSequence([seed, cycle, rgt, region, 1000 + beam_index]).generate_state(4, np.uint64)
+    return tuple(np.uint64(s) for s in state)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Surface model
+
+
+@dataclass(frozen=True)
+class _Surface:
+    """Smooth ice sheet rising inland to ~3.7 km plus plane-wave undulations; fixed by the seed alone.
+
+    A function of position only, so crossing tracks and different cycles see the same surface.
+    """
+
+    wave_k: np.ndarray  # (n, 2) wave vectors, rad/m
+    wave_phase: np.ndarray
+    wave_amp: np.ndarray
+    edge_phase: tuple[float, float]
+
+    @classmethod
+    def from_seed(cls, seed: int) -> _Surface:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED5]))
+        wavelengths = np.array([3e3, 8e3, 20e3, 60e3, 150e3])
+        amps = np.array([0.3, 0.6, 1.5, 4.0, 10.0])
+        theta = rng.uniform(0, 2 * np.pi, len(wavelengths))
+        k = (2 * np.pi / wavelengths)[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+        phase = rng.uniform(0, 2 * np.pi, len(wavelengths))
+        edge = (float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0, 2 * np.pi)))
+        return cls(k, phase, amps, edge)
+
+    def height(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Surface height (m) and a coastal factor in [0, 1] (0 deep interior, 1 at and beyond the margin)."""
+        lon_r = np.radians(lon)
+        colat = 90.0 + lat  # degrees from the south pole
+        edge = 20.0 + 3.0 * np.sin(lon_r + self.edge_phase[0]) + 2.0 * np.cos(2 * lon_r + self.edge_phase[1])
+        frac = np.clip(colat / edge, 0.0, 1.0)
+        # Vialov-like profile 3700 (1 - f^(4/3))^(3/8), written with cheap roots.
+        y = 1.0 - frac * np.cbrt(frac)
+        profile = 3700.0 * np.sqrt(np.sqrt(np.sqrt(y * y * y)))
+        coastal = frac * frac
+        rho = EARTH_RADIUS_M * np.radians(colat)
+        x, y = rho * np.sin(lon_r), rho * np.cos(lon_r)
+        und = np.zeros_like(x)
+        for (kx, ky), ph, amp in zip(self.wave_k, self.wave_phase, self.wave_amp):
+            und += amp * np.cos(kx * x + ky * y + ph)
+        h = 30.0 + profile + und * (0.3 + 1.7 * coastal)
+        return h, coastal
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+
+
+@dataclass(frozen=True)
+class _GranulePlan:
+    rgt: int
+    region: int
+    u0: float
+    u1: float
+    j0: int  # first segment index (segment_id = j + 1)
+    j1: int  # one past the last
+    sc_orient: int
+    beams: tuple[str, ...]
+    cloud_starts: np.ndarray
+    cloud_ends: np.ndarray
+
+
+def _orientation(seed: int, cycle: int, rgt: int) -> int:
+    """Cycle-wide orientation, flipped for ~15 % of the RGTs so both beam layouts occur."""
+    base = int(np.random.default_rng(np.random.SeedSequence([seed, cycle, 0x0C1E])).integers(2))
+    flip = np.random.default_rng(np.random.SeedSequence([seed, cycle, rgt, 0x0F11])).random() < 0.15
+    return base ^ int(flip)
+
+
+def _plan(config: SynthConfig, rgt: int, region: int) -> _GranulePlan:
+    """Per-granule choices, drawn in a fixed order whatever the bbox: beams present and cloud runs."""
+    u0, u1 = region_u_bounds(region)
+    j0, j1 = math.ceil(u0 / DU), math.ceil(u1 / DU)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, config.cycle, rgt, region]))
+    orient = _orientation(config.seed, config.cycle, rgt)
+    strong_only = rng.random() < config.weak_beam_dropout
+    beams = tuple(b for b in BEAMS if not strong_only or is_strong(b, orient))
+    n = j1 - j0
+    f = config.cloud_fraction
+    if f > 0:
+        # Alternating clear and cloudy runs with exponential lengths; the cloudy share is f on average.
+        clear_mean = MEAN_CLOUD_ROWS * (1 - f) / f
+        n_pairs = int(n / (MEAN_CLOUD_ROWS + clear_mean) * 2) + 20
+        clear = rng.exponential(clear_mean, n_pairs)
+        cloud = rng.exponential(MEAN_CLOUD_ROWS, n_pairs)
+        while (clear.sum() + cloud.sum()) < n:  # practically never: the draw covers twice the mean need
+            clear = np.append(clear, rng.exponential(clear_mean, n_pairs))
+            cloud = np.append(cloud, rng.exponential(MEAN_CLOUD_ROWS, n_pairs))
+        clear[0] *= rng.uniform(0, 1)  # random phase of the first run
+        ends_of_clear = np.cumsum(clear + cloud) - cloud
+        starts = j0 + np.floor(ends_of_clear).astype(np.int64)
+        ends = j0 + np.floor(ends_of_clear + cloud).astype(np.int64) + 1
+        keep = starts < j1
+        cloud_starts, cloud_ends = starts[keep], np.minimum(ends[keep], j1)
+    else:
+        cloud_starts = cloud_ends = np.empty(0, dtype=np.int64)
+    return _GranulePlan(rgt, region, u0, u1, j0, j1, orient, beams, cloud_starts, cloud_ends)
+
+
+def _cloudy(j: np.ndarray, plan: _GranulePlan) -> np.ndarray:
+    """Whether segment indices fall in one of the granule's cloudy runs [start, end)."""
+    if len(plan.cloud_starts) == 0:
+        return np.zeros(len(j), dtype=bool)
+    idx = np.searchsorted(plan.cloud_starts, j, side="right") - 1
+    return (idx >= 0) & (j < plan.cloud_ends[np.maximum(idx, 0)])
+
+
+def _beam_rows(
+    config: SynthConfig,
+    plan: _GranulePlan,
+    beam: str,
+    j: np.ndarray,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    surface: _Surface,
+    t_base: float,
+) -> dict[str, np.ndarray]:
+    """All land-ice-segment variables of one beam for the given rows."""
+    strong = is_strong(beam, plan.sc_orient)
+    k_sig, k_flag, k_geo, _ = _keys(config.seed, config.cycle, plan.rgt, plan.region, BEAMS.index(beam))
+    h, coastal = surface.height(lat, lon)
+    z_sig, z_h = _normal_pair(j, k_sig)
+    u_flag, u_fill = _uniform_pair(j, k_flag)
+    u_geo, u_extra = _uniform_pair(j, k_geo)
+    base = 0.025 if strong else 0.06
+    sigma = base * np.exp(0.35 * z_sig) * (1.0 + 1.5 * coastal)
+    flagged = (z_sig > 1.6) | (u_flag < 0.012)
+    # Flagged segments (~6 %, mostly the large-sigma ones) carry an extra error of up to +-4 m.
+    h_li = h + z_h * sigma + np.where(flagged, 8.0 * (u_extra - 0.5), 0.0)
+    fill = u_fill < 0.005  # ~0.5 % of rows: h_li and h_li_sigma set to the fill value, quality 1
+    fill_f32 = VARIABLES["h_li"][1]
+    h_li = np.where(fill, fill_f32, h_li).astype(np.float32)
+    sigma32 = np.where(fill, fill_f32, sigma).astype(np.float32)
+    quality = (flagged | fill).astype(np.int8)
+    sigma_geo = (0.03 + 0.07 * u_geo * (0.5 + 0.5 * coastal)).astype(np.float32)
+    delta_time = t_base + _time_offset_s(plan.rgt, j * DU)
+    return {
+        "latitude": lat,
+        "longitude": lon,
+        "h_li": h_li,
+        "h_li_sigma": sigma32,
+        "atl06_quality_summary": quality,
+        "delta_time": np.asarray(delta_time, dtype=np.float64),
+        "segment_id": (j + 1).astype(np.int32),
+        "sigma_geo_h": sigma_geo,
+    }
+
+
+def _chunk_bytes(arr: np.ndarray, start: int, pad_value: float | int, shuffle: bool) -> bytes:
+    """One full-size chunk of ``arr`` from ``start``, padded at the end, shuffled if asked, deflated."""
+    chunk = arr[start : start + CHUNK_ROWS]
+    if len(chunk) < CHUNK_ROWS and len(arr) > CHUNK_ROWS:
+        chunk = np.concatenate([chunk, np.full(CHUNK_ROWS - len(chunk), pad_value, dtype=arr.dtype)])
+    raw = chunk.view(np.uint8).reshape(len(chunk), arr.itemsize)
+    raw = np.ascontiguousarray(raw.T) if shuffle else raw
+    return zlib.compress(raw.tobytes(), GZIP_LEVEL)
+
+
+def _compress_beams(
+    beam_data: dict[str, dict[str, np.ndarray]], pool: ThreadPoolExecutor
+) -> dict[tuple[str, str], list[Future[bytes]]]:
+    """Deflate every chunk of every dataset on the thread pool (zlib releases the GIL)."""
+    jobs: dict[tuple[str, str], list[Future[bytes]]] = {}
+    for beam, data in beam_data.items():
+        for var, (dtype, fill) in VARIABLES.items():
+            arr = np.ascontiguousarray(data[var], dtype=dtype)
+            shuffle = bool(np.issubdtype(dtype, np.integer))
+            pad = 0 if fill is None else fill
+            starts = range(0, len(arr), CHUNK_ROWS)
+            jobs[beam, var] = [pool.submit(_chunk_bytes, arr, start, pad, shuffle) for start in starts]
+    return jobs
+
+
+def _write_h5(
+    path: Path,
+    config: SynthConfig,
+    plan: _GranulePlan,
+    beam_data: dict[str, dict[str, np.ndarray]],
+    chunks: dict[tuple[str, str], list[Future[bytes]]],
+    t_begin: datetime,
+    t_end: datetime,
+) -> None:
+    """Write the granule with the storage layout of real files: chunks (10000,), gzip 6, shuffle on integers.
+
+    Chunks are deflated beforehand (in parallel) and stored with direct chunk writes; the declared filter
+    pipeline is the one a reader needs to decode them.
+    """
+    with h5py.File(path, "w") as f:
+        f.attrs["short_name"] = "ATL06"
+        f.attrs["title"] = "SYNTHETIC ATLAS/ICESat-2 L3A Land Ice Height (polaragg simulator)"
+        f.attrs["time_coverage_start"] = _iso(t_begin)
+        f.attrs["time_coverage_end"] = _iso(t_end)
+        for beam, data in beam_data.items():
+            g = f.create_group(beam)
+            g.attrs["atlas_beam_type"] = "strong" if is_strong(beam, plan.sc_orient) else "weak"
+            g.attrs["atlas_spot_number"] = SPOTS_BY_ORIENT[plan.sc_orient][beam]
+            g.attrs["sc_orientation"] = "Forward" if plan.sc_orient == 1 else "Backward"
+            g.attrs["groundtrack_id"] = beam
+            seg = g.create_group(SEGMENTS_GROUP)
+            for var, (dtype, fill) in VARIABLES.items():
+                n = len(data[var])
+                ds = seg.create_dataset(
+                    var,
+                    shape=(n,),
+                    dtype=dtype,
+                    chunks=(min(CHUNK_ROWS, n),),
+                    compression="gzip",
+                    compression_opts=GZIP_LEVEL,
+                    shuffle=bool(np.issubdtype(dtype, np.integer)),
+                    fillvalue=None if fill is None else np.array(fill, dtype=dtype),
+                    track_times=False,
+                )
+                for i, fut in enumerate(chunks[beam, var]):
+                    ds.id.write_direct_chunk((i * CHUNK_ROWS,), fut.result(), 0)
+                if fill is not None:
+                    ds.attrs["_FillValue"] = np.array(fill, dtype=dtype)
+                ds.attrs["units"] = _UNITS[var]
+        orbit = f.create_group("orbit_info")
+        orbit_number = (config.cycle - 1) * N_RGT + plan.rgt
+        for key, value, dtype in (
+            ("sc_orient", plan.sc_orient, np.int8),
+            ("rgt", plan.rgt, np.int16),
+            ("cycle_number", config.cycle, np.int8),
+            ("orbit_number", orbit_number, np.uint16),
+        ):
+            orbit.create_dataset(key, data=np.array([value], dtype=dtype), track_times=False)
+        anc = f.create_group("ancillary_data")
+        ds = anc.create_dataset(
+            "atlas_sdp_gps_epoch", data=np.array([GPS_EPOCH_2018], dtype=np.float64), track_times=False
+        )
+        ds.attrs["units"] = "seconds since 1980-01-06T00:00:00.000000Z"
+        for key, when in (("start_delta_time", t_begin), ("end_delta_time", t_end)):
+            ds = anc.create_dataset(key, data=np.array([delta_time_of(when)]), track_times=False)
+            ds.attrs["units"] = DELTA_TIME_UNITS
+
+
+def _iso(when: datetime) -> str:
+    when = when.astimezone(UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{when.microsecond // 1000:03d}Z"
+
+
+def _concept_id(cycle: int, rgt: int, region: int, version: str) -> str:
+    return f"G{cycle:02d}{rgt:04d}{region:02d}{int(version) % 100:02d}-NSIDC_CPRD"
+
+
+def _umm_record(
+    name: str,
+    config: SynthConfig,
+    plan: _GranulePlan,
+    t_begin: datetime,
+    t_end: datetime,
+    local_size: int,
+    rows: int,
+) -> dict:
+    """UMM-G record of a granule; the footprint and times cover the full granule, not only the written rows.
+
+    ``ArchiveAndDistributionInformation[0].SizeInBytes`` is the size a real full granule would have (full rows
+    of the present beams x 140 B + 2 MB). The local synthetic file's size and row count are in
+    ``AdditionalAttributes`` (LOCAL_SIZE_IN_BYTES, LOCAL_ROWS), where size-summing clients do not count them.
+    """
+    day = f"{t_begin:%Y/%m/%d}"
+    key = f"nsidc-cumulus-prod-protected/ATLAS/ATL06/{config.version}/{day}/{name}"
+    n_full = plan.j1 - plan.j0
+    full_rows = n_full * len(plan.beams) * (1 - config.cloud_fraction)
+    est_size = int(REAL_FIXED_BYTES + full_rows * REAL_BYTES_PER_ROW)
+    return {
+        "meta": {
+            "concept-id": _concept_id(config.cycle, plan.rgt, plan.region, config.version),
+            "provider-id": "NSIDC_CPRD",
+            "revision-id": 1,
+        },
+        "umm": {
+            "GranuleUR": name,
+            "CollectionReference": {"ShortName": "ATL06", "Version": config.version},
+            "TemporalExtent": {
+                "RangeDateTime": {"BeginningDateTime": _iso(t_begin), "EndingDateTime": _iso(t_end)}
+            },
+            "SpatialExtent": {
+                "HorizontalSpatialDomain": {
+                    "Geometry": {
+                        "GPolygons": [
+                            {"Boundary": {"Points": _footprint_points(plan.u0, plan.u1, plan.rgt)}}
+                        ]
+                    }
+                }
+            },
+            "RelatedUrls": [
+                {"URL": f"https://data.nsidc.earthdatacloud.nasa.gov/{key}", "Type": "GET DATA"},
+                {"URL": f"s3://{key}", "Type": "GET DATA VIA DIRECT ACCESS"},
+            ],
+            "DataGranule": {
+                "DayNightFlag": "Unspecified",
+                "Identifiers": [{"Identifier": name, "IdentifierType": "ProducerGranuleId"}],
+                "ArchiveAndDistributionInformation": [{"Name": name, "SizeInBytes": est_size}],
+            },
+            "AdditionalAttributes": [
+                {"Name": "LOCAL_SIZE_IN_BYTES", "Values": [str(local_size)]},
+                {"Name": "LOCAL_ROWS", "Values": [str(rows)]},
+            ],
+            "MetadataSpecification": {
+                "URL": "https://cdn.earthdata.nasa.gov/umm/granule/v1.6.6",
+                "Name": "UMM-G",
+                "Version": "1.6.6",
+            },
+        },
+    }
+
+
+@dataclass
+class _Computed:
+    """A granule's rows, computed and queued for compression, not yet written."""
+
+    plan: _GranulePlan
+    name: str
+    beam_data: dict[str, dict[str, np.ndarray]]
+    t_begin: datetime
+    t_end: datetime
+    chunks: dict[tuple[str, str], list[Future[bytes]]] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(len(d["segment_id"]) for d in self.beam_data.values())
+
+
+def _compute(config: SynthConfig, rgt: int, region: int, surface: _Surface) -> _Computed | None:
+    """Rows of one granule (all beams), or None when it has none (inside the bbox)."""
+    plan = _plan(config, rgt, region)
+    c0 = cycle_start(config.cycle)
+    t_begin = c0 + timedelta(seconds=float(_time_offset_s(rgt, plan.u0)))
+    t_end = c0 + timedelta(seconds=float(_time_offset_s(rgt, plan.u1)))
+    t_base = delta_time_of(c0)
+
+    if config.bbox is None:
+        j = np.arange(plan.j0, plan.j1, dtype=np.int64)
+    else:
+        j = _rows_near_bbox(plan.j0, plan.j1, rgt, config.bbox)
+    if len(j):
+        j = j[~_cloudy(j, plan)]
+    if len(j) == 0:
+        return None
+    p, t = _track(j * DU, rgt)
+    nrm = _cross(p, t)
+    del t
+    beam_data: dict[str, dict[str, np.ndarray]] = {}
+    for beam in plan.beams:
+        lat, lon = _offset_latlon(p, nrm, BEAM_OFFSETS_M[beam])
+        if config.bbox is not None:
+            inside = _in_bbox(lat, lon, config.bbox)
+            if not inside.any():
+                continue
+            jb, lat, lon = j[inside], lat[inside], lon[inside]
+        else:
+            jb = j
+        beam_data[beam] = _beam_rows(config, plan, beam, jb, lat, lon, surface, t_base)
+    if not beam_data:
+        return None
+    name = granule_name(t_begin, rgt, config.cycle, region, config.version)
+    return _Computed(plan, name, beam_data, t_begin, t_end)
+
+
+def _finish(out_dir: Path, config: SynthConfig, item: _Computed) -> SynthGranule:
+    """Write the HDF5 file and the UMM-G record of a computed granule."""
+    h5_path = out_dir / item.name
+    umm_path = out_dir / (item.name.removesuffix(".h5") + ".umm.json")
+    _write_h5(h5_path, config, item.plan, item.beam_data, item.chunks, item.t_begin, item.t_end)
+    rows = item.rows
+    record = _umm_record(
+        item.name, config, item.plan, item.t_begin, item.t_end, h5_path.stat().st_size, rows
+    )
+    umm_path.write_text(json.dumps(record))
+    plan = item.plan
+    return SynthGranule(
+        item.name, h5_path, umm_path, plan.rgt, config.cycle, plan.region, rows, tuple(item.beam_data)
+    )
+
+
+def generate(out_dir: Path | str, config: SynthConfig) -> list[SynthGranule]:
+    """Write the configured granules (HDF5 + UMM-G JSON) into ``out_dir``; return them sorted by name.
+
+    With a bbox, granules without any row inside it are not written. Chunks are deflated on a thread pool
+    while the next granule is computed.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    surface = _Surface.from_seed(config.seed)
+    rgts: Iterable[int] = config.rgts or range(1, N_RGT + 1)
+    jobs = [(rgt, region) for rgt in sorted(set(rgts)) for region in sorted(set(config.regions))]
+    written: list[SynthGranule] = []
+    if hasattr(os, "sched_getaffinity"):
+        workers = max(1, len(os.sched_getaffinity(0)))
+    else:
+        workers = os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: _Computed | None = None
+        for rgt, region in jobs:
+            item = _compute(config, rgt, region, surface)
+            if item is not None:
+                item.chunks = _compress_beams(item.beam_data, pool)
+            if pending is not None:
+                written.append(_finish(out, config, pending))
+            pending = item
+        if pending is not None:
+            written.append(_finish(out, config, pending))
+    return sorted(written, key=lambda g: g.name)

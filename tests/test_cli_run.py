@@ -1,0 +1,101 @@
+"""The command line end to end: a run with a corrupt granule, maps, synthetic data."""
+
+import json
+import shutil
+
+import h5py
+import healpix_geo.nested as hpn
+import numpy as np
+import xarray as xr
+import yaml
+
+from polaragg.cli import main
+from polaragg.ledger import read_records
+
+SUB_BBOX = [85.0, -87.0, 95.0, -85.0]
+
+
+def _granule_parents(path, order=6):
+    with h5py.File(path) as f:
+        cells = [hpn.lonlat_to_healpix(f[f"{b}/land_ice_segments/longitude"][:],
+                                       f[f"{b}/land_ice_segments/latitude"][:], order, ellipsoid="WGS84")
+                 for b in f if b.startswith("gt")]
+    return set(np.unique(np.concatenate(cells)).tolist())
+
+
+def test_run_with_corrupt_granule_records_it_and_keeps_every_other_cell(tmp_path, demo_cache, demo_store, capsys):
+    folder, recipe = demo_cache
+    store_ref, _ = demo_store
+    data = tmp_path / "granules"
+    shutil.copytree(folder, data)
+    # corrupt the granule that touches the most parent cells of the sub-area: truncate it
+    victims = sorted(data.glob("*.h5"))
+    victim = max(victims, key=lambda p: len(_granule_parents(p)))
+    touched = _granule_parents(victim)
+    victim_id = json.loads(victim.with_name(victim.name.removesuffix(".h5") + ".umm.json").read_text())["meta"][
+        "concept-id"]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[: len(raw) // 2])
+
+    doc = recipe.model_dump(mode="json")
+    doc["source"] = {"kind": "directory", "path": str(data)}
+    doc["aoi"] = {"bbox": SUB_BBOX}
+    recipe_path = tmp_path / "sub.yaml"
+    recipe_path.write_text(yaml.safe_dump(doc))
+    store = str(tmp_path / "sub.zarr")
+
+    code = main(["run", str(recipe_path), "--store", store, "--executor", "threads"])
+    out = capsys.readouterr().out
+    assert code == 3  # completed, with errors recorded
+    assert "Errors:" in out and "Total observations:" in out
+
+    records = read_records(store)
+    failed = [r for r in records if r.failures]
+    assert failed, "the corrupt granule must be recorded"
+    assert {r.parent for r in failed} <= touched
+    for r in failed:
+        assert len(r.failures) == 1
+        assert r.failures[0]["granule"] == victim_id
+        assert "not a readable HDF5 file" in r.failures[0]["reason"]
+        assert r.failures[0]["transient"] is False
+        assert r.granules_read == r.granules - 1
+
+    sub = xr.open_zarr(store).load()
+    ref = xr.open_zarr(store_ref).load()
+    ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, sub.cell_ids.values)))
+    np.testing.assert_array_equal(sub.cell_ids.values, ref.cell_ids.values)
+    parent = sub.cell_ids.values >> np.uint64(12)
+    failed_parents = np.array([r.parent for r in failed], dtype=np.uint64)
+    intact = ~np.isin(parent, failed_parents)
+    assert intact.any()
+    for name in ("count", "h_mean", "h_q50", "h_var", "t_mean"):
+        np.testing.assert_array_equal(sub[name].values[intact], ref[name].values[intact], err_msg=name)
+    # cells of the failed parents lost exactly the corrupt granule's observations, nothing else
+    assert (sub["count"].values[~intact] <= ref["count"].values[~intact]).all()
+    assert int(sub["count"].values[~intact].sum()) > 0
+    summary = json.loads(xr.open_zarr(store).attrs["run_summary"])
+    assert summary["granules_failed"] == 1
+
+
+def test_map_command(tmp_path, demo_store):
+    store, _ = demo_store
+    png = tmp_path / "map.png"
+    assert main(["map", store, "--var", "h_q50", "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["map", store, "--var", "nope", "--out", str(png)]) == 2
+
+
+def test_synth_command(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert main(["synth", str(out), "--rgt-step", "200", "--regions", "11", "--bbox", "60", "-88", "120", "-82"]) == 0
+    h5 = sorted(out.glob("*.h5"))
+    assert h5 and len(h5) == len(sorted(out.glob("*.umm.json")))
+    assert f"wrote {len(h5)} granules" in capsys.readouterr().out
+
+
+def test_run_rejects_invalid_recipe(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsource: {kind: directory, path: /nowhere}\naoi: {bbox: [0, -80, 10, -70]}\n"
+                   "grid: {parent_order: 7, child_order: 6}\n")
+    assert main(["run", str(bad)]) == 2
+    assert "grid" in capsys.readouterr().err

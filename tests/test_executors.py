@@ -1,0 +1,134 @@
+"""The same plan on every offline executor, task splitting under a memory bound, and the lazy Dataset."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import polaragg
+from polaragg import read
+from polaragg.ledger import read_records
+from polaragg.runner import plan_recipe
+from polaragg.stats import STAT_INDEX, STATS
+
+EXECUTORS = ["single-threaded", "processes", "lithops-local", "dask", "dask-distributed"]
+
+
+def _assert_same_store(a: xr.Dataset, b: xr.Dataset):
+    np.testing.assert_array_equal(a.cell_ids.values, b.cell_ids.values)
+    for spec in STATS:
+        x, y = a[spec.name].values, b[spec.name].values
+        if spec.dtype == "int64":
+            np.testing.assert_array_equal(x, y, err_msg=spec.name)
+        else:
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, equal_nan=True, err_msg=spec.name)
+
+
+@pytest.fixture(scope="module")
+def serial_reference(demo_recipe):
+    """A plain serial loop over the plan's tasks, no executor at all."""
+    plan = plan_recipe(demo_recipe)
+    blocks = [plan.run_task(i).block for i in range(len(plan.tasks))]
+    return plan.cell_ids(), np.concatenate(blocks)
+
+
+def test_threads_store_equals_plain_serial_loop(demo_store, serial_reference):
+    store, _ = demo_store
+    ids, block = serial_reference
+    ds = xr.open_zarr(store).load()
+    np.testing.assert_array_equal(ds.cell_ids.values, ids)
+    for spec in STATS:
+        np.testing.assert_array_equal(ds[spec.name].values, block[:, STAT_INDEX[spec.name]].astype(spec.dtype),
+                                      err_msg=spec.name)
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_every_executor_gives_the_same_store(executor, demo_recipe, demo_store, tmp_path):
+    store_ref, ref_summary = demo_store
+    store = str(tmp_path / f"{executor}.zarr")
+    summary = polaragg.run(demo_recipe, store=store, executor=executor, progress=False)
+    assert summary.executor == executor
+    assert summary.observations == ref_summary.observations
+    _assert_same_store(xr.open_zarr(store).load(), xr.open_zarr(store_ref).load())
+    assert {r.executor for r in read_records(store)} == {executor}
+
+
+def test_split_tasks_stay_under_the_memory_bound_and_equal_the_unsplit_result(demo_recipe, demo_store, tmp_path):
+    bound = 300 * 2**20
+    doc = demo_recipe.model_dump(mode="json")
+    doc["executor"]["memory_per_task"] = "300MiB"
+    doc["aoi"] = {"bbox": [70.0, -88.0, 110.0, -86.5]}
+    recipe = polaragg.load_recipe(doc)
+    plan = plan_recipe(recipe)
+    assert plan.split > 1
+    assert plan.max_projected_bytes <= bound
+    store = str(tmp_path / "split.zarr")
+    polaragg.run(recipe, store=store, executor="processes", progress=False)
+    records = read_records(store)
+    assert len(records) == len(plan.tasks) == plan.split * len(plan.parents)
+    peaks = np.array([r.peak_memory_bytes for r in records])
+    print(f"\nsplit x{plan.split}: {len(records)} tasks, measured peak per task {peaks.min() / 2**20:.0f}-"
+          f"{peaks.max() / 2**20:.0f} MiB (bound {bound / 2**20:.0f} MiB, projected <= "
+          f"{plan.max_projected_bytes / 2**20:.0f} MiB)")
+    assert peaks.max() < bound
+    split = xr.open_zarr(store)
+    assert split["h_mean"].encoding["chunks"] == (4096 // plan.split,)
+    ref = xr.open_zarr(demo_store[0])
+    ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, split.cell_ids.values)))
+    _assert_same_store(split.load(), ref.load())
+
+
+def test_lazy_dataset_reads_nothing_until_compute_and_only_the_selected_cell(demo_recipe, demo_store):
+    plan = plan_recipe(demo_recipe)
+    read.OPENS.clear()
+    ds = polaragg.open_dataset(demo_recipe)
+    assert read.OPENS == {}  # nothing read yet
+    import xdggs  # noqa: F401
+
+    decoded = ds.dggs.decode()  # xdggs decodes the lazy dataset before any compute
+    assert decoded.dggs.grid_info.level == 12
+    assert read.OPENS == {}
+    assert ds["h_mean"].chunks == ((4096,) * len(plan.parents),)
+
+    task = max(plan.tasks, key=lambda t: len(t.granules))
+    k = int(np.searchsorted(plan.parents, task.parent))
+    one = ds.isel(cells=slice(k * 4096, (k + 1) * 4096)).compute()
+    opened = set(read.OPENS)
+    assert opened == {g.url for g in task.granules}
+    assert all(n == 1 for n in read.OPENS.values())
+    ref = xr.open_zarr(demo_store[0]).isel(cells=slice(k * 4096, (k + 1) * 4096)).load()
+    _assert_same_store(one, ref)
+
+
+@pytest.mark.parametrize("executor, service", [("lambda", "AWS Lambda"), ("coiled", "Coiled")])
+def test_cloud_executors_fail_fast_naming_the_service(executor, service, demo_recipe, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from polaragg.executors import ExecutorError
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    doc = demo_recipe.model_dump(mode="json")
+    doc["aoi"] = {"bbox": [85.0, -86.0, 86.0, -85.5]}
+    doc["executor"]["aws_lambda"] = {"role_arn": "arn:aws:iam::123456789012:role/polaragg"}
+    start = time.monotonic()
+    with pytest.raises(ExecutorError) as info:
+        polaragg.run(polaragg.load_recipe(doc), store=str(tmp_path / "x.zarr"), executor=executor, progress=False)
+    assert time.monotonic() - start < 10
+    assert service in str(info.value)
+
+
+@pytest.mark.parametrize("chunk_manager", ["cubed", "dask"])
+def test_full_lazy_compute_reads_each_pair_once_and_equals_the_store(chunk_manager, demo_recipe, demo_store):
+    doc = demo_recipe.model_dump(mode="json")
+    doc["aoi"] = {"bbox": [85.0, -86.0, 95.0, -85.0]}
+    recipe = polaragg.load_recipe(doc)
+    plan = plan_recipe(recipe)
+    read.OPENS.clear()
+    ds = polaragg.open_dataset(recipe, chunk_manager=chunk_manager).compute()
+    assert sum(read.OPENS.values()) == sum(len(t.granules) for t in plan.tasks)
+    ref = xr.open_zarr(demo_store[0])
+    ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, ds.cell_ids.values))).load()
+    _assert_same_store(ds, ref)
