@@ -162,3 +162,27 @@ def test_strong_only_granule_is_aggregated(tmp_path):
     assert result.failures == ()
     assert result.rows_in_cell == counts.max()
     assert 0 < result.observations <= result.rows_in_cell
+
+
+@pytest.mark.parametrize("lat0", [-89.0, -85.0, -75.0, -60.0])
+@pytest.mark.parametrize("splits", [1, 2, 4, 8, 32, 6])
+def test_range_lat_band_holds_every_point_of_its_child_range(lat0, splits):
+    """Dense points around a parent: every one whose child id is in a task's range lies inside its band."""
+    rng = np.random.default_rng(int(-lat0) * 100 + splits)
+    parent = int(hpn.lonlat_to_healpix(np.array([33.0]), np.array([lat0]), 6, ellipsoid="WGS84")[0])
+    lon = rng.uniform(-180, 180, 400_000) if lat0 < -88 else 33.0 + rng.uniform(-6, 6, 400_000)
+    lat = np.clip(lat0 + rng.uniform(-1.5, 1.5, lon.size), -90, 90)
+    child = GRID.child_cells(lon, lat)
+    first = parent * GRID.children_per_parent
+    edges = np.linspace(0, GRID.children_per_parent, splits + 1).astype(np.int64)
+    parent_band = GRID.range_lat_band(first, first + GRID.children_per_parent)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        south, north = GRID.range_lat_band(first + int(lo), first + int(hi))
+        inside = (child >= np.uint64(first + lo)) & (child < np.uint64(first + hi))
+        assert inside.sum() > 0
+        assert south <= lat[inside].min() and lat[inside].max() <= north
+        assert parent_band[0] <= south and north <= parent_band[1]
+        if splits >= 8 and lat0 > -88:  # a split task prefilters far fewer rows than its whole parent
+            assert north - south < 0.75 * (parent_band[1] - parent_band[0])
+    with pytest.raises(ValueError, match="spans more than one parent"):
+        GRID.range_lat_band(first, first + GRID.children_per_parent + 1)

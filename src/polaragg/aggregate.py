@@ -103,8 +103,8 @@ def reduce_parent(
     acc = _Collected()
     failures: list[GranuleFailure] = []
     read_ok = with_data = 0
-    job = _ReadJob(first_child + lo, first_child + hi, grid.parent_lat_band(int(parent)), grid, reader, filters,
-                   storage_options)
+    band = grid.range_lat_band(first_child + lo, first_child + hi)
+    job = _ReadJob(first_child + lo, first_child + hi, band, grid, reader, filters, storage_options)
     for ref in granules:
         failure, had_data = _read_with_retries(ref, job, retry, acc)
         if failure is None:

@@ -46,13 +46,25 @@ class Grid:
         n = np.uint64(self.children_per_parent)
         return (parents[:, None] * n + np.arange(self.children_per_parent, dtype=np.uint64)[None, :]).ravel()
 
-    def parent_lat_band(self, parent: int, margin_deg: float = 0.05) -> tuple[float, float]:
-        """Geodetic latitude range of a parent cell (boundary sampled 16 points per edge), widened by a margin.
+    def range_lat_band(self, lo: int, hi: int, margin_deg: float = 0.05) -> tuple[float, float]:
+        """Geodetic latitude range of the child ids [lo, hi) of one parent, widened by a margin.
 
-        Rows outside it cannot fall in the parent, so they need no cell id; the margin covers the
-        boundary between samples many times over.
+        The range is covered exactly by the coarsest aligned cells (a whole parent is one cell, a
+        split task's range one or two finer cells), whose boundaries are sampled 16 points per edge.
+        Rows outside the band cannot fall in the range, so they need no cell id; the margin covers
+        the boundary between samples many times over.
         """
-        _, lat = hpn.vertices(np.array([parent], dtype=np.uint64), self.parent_order, ellipsoid=ELLIPSOID, step=16)
+        if not lo < hi or (lo >> self.shift) != ((hi - 1) >> self.shift):
+            raise ValueError(f"child range [{lo}, {hi}) is empty or spans more than one parent")
+        k = self.child_order - self.parent_order
+        while k > 0 and (lo % (1 << 2 * k) or hi % (1 << 2 * k)):
+            k -= 1
+        if (hi - lo) >> 2 * k > 64:  # an unaligned range: bound it by its whole parent
+            k = self.child_order - self.parent_order
+            lo = (lo >> self.shift) << self.shift
+            hi = lo + self.children_per_parent
+        cells = np.arange(lo >> 2 * k, hi >> 2 * k, dtype=np.uint64)
+        _, lat = hpn.vertices(cells, self.child_order - k, ellipsoid=ELLIPSOID, step=16)
         lat = np.asarray(lat)
         return float(max(lat.min() - margin_deg, -90.0)), float(min(lat.max() + margin_deg, 90.0))
 
