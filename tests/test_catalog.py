@@ -13,6 +13,8 @@ import xarray as xr
 import polaragg
 from polaragg.catalog import Catalog, build_catalog, read_directory
 from polaragg.cli import main
+from polaragg.grid import Grid
+from polaragg.plan import _tasks
 from polaragg.sources import aoi_geometry
 from polaragg.coverage import cells_covering
 from polaragg.recipe import Aoi
@@ -69,6 +71,30 @@ def test_no_missed_pairs_on_the_demo(demo_cache):
     planned, observed = _check_no_missed_pairs(catalog, order)
     print(f"\ndemo: {planned} pairs planned, {observed} with data, over-assignment {1 - observed / planned:.1%}")
     assert observed > 0
+
+
+@pytest.mark.parametrize("split", [2, 4, 32])
+def test_split_tasks_list_every_granule_with_rows_in_their_range(full_granules, split):
+    """A split parent's tasks get only the granules crossing their child range, and never miss one."""
+    grid = Grid(6, 12)
+    parents = cells_covering(aoi_geometry(Aoi(outline=True)), grid.parent_order)
+    catalog = build_catalog(read_directory(full_granules), parents, grid.parent_order)
+    plan = _tasks(catalog, grid, np.unique(parents), split)
+    listed = {(t.parent, t.child_lo): {g.granule_id for g in t.granules} for t in plan}
+    size = grid.children_per_parent // split
+    seen_pairs = assigned = 0
+    for row in catalog.granules.itertuples():
+        ranges = {(int(c) >> grid.shift, (int(c) % grid.children_per_parent) // size * size)
+                  for c in _observed_parents(row.url, grid.child_order)}
+        ranges = {r for r in ranges if r[0] in set(catalog.parents.tolist())}
+        for key in ranges:
+            assert row.granule_id in listed[key], f"{row.name} has rows in task {key} but is not listed there"
+        seen_pairs += len(ranges)
+    assigned = sum(map(len, listed.values()))
+    whole = sum(len(c) for c in catalog.granules.parent_cells)
+    print(f"\nsplit x{split}: {assigned} (task, granule) pairs for {whole} parent pairs, {seen_pairs} with data")
+    assert seen_pairs > 50
+    assert assigned < 0.8 * whole * split  # pruned: far fewer reads than every task reading its whole parent
 
 
 def test_same_catalog_from_local_cmr_and_from_the_folder(demo_cache, cmr_server_factory, tmp_path):

@@ -1,7 +1,8 @@
 """One task: read the granules crossing a parent cell and reduce their observations into its children.
 
-For each granule and beam: read latitude/longitude, find the rows whose child cell falls in the
-task's child range, hyperslice the payload variables to [first, last] of those rows, filter
+For each granule and beam: read latitude, then longitude over the rows within the latitude band of
+the task's child range, find the rows whose child cell falls in that range, hyperslice the payload
+variables to [first, last] of those rows, filter
 (quality, fill values, sigma > 0), and collect. One grouped reduction over all collected
 observations gives the task's (children x statistics) block. A granule that cannot be read is
 recorded with its reason and the rest of the cell is still aggregated.
@@ -176,8 +177,14 @@ def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected) -> None:
     lat_band, child_lo, child_hi = job.lat_band, job.child_lo, job.child_hi
     with open_granule(ref.url, job.reader, job.storage_options) as granule:
         for beam in granule.beams():
-            coords = granule.read(beam, atl06.COORDINATES)
-            lat, lon = coords["latitude"], coords["longitude"]
+            # Latitude first: longitude is read only over the rows within the range's latitude band.
+            lat = granule.read(beam, ("latitude",))["latitude"]
+            band = np.flatnonzero((lat >= lat_band[0]) & (lat <= lat_band[1]))
+            if band.size == 0:
+                continue
+            b0, b1 = int(band[0]), int(band[-1]) + 1
+            lat = lat[b0:b1]
+            lon = granule.read(beam, ("longitude",), (b0, b1))["longitude"]
             near = (lat >= lat_band[0]) & (lat <= lat_band[1]) & np.isfinite(lon) & (np.abs(lon) <= 360.0)
             cell = np.zeros(lat.shape, dtype=np.uint64)
             cell[near] = job.grid.child_cells(lon[near], lat[near])
@@ -186,8 +193,10 @@ def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected) -> None:
             if rows.size == 0:
                 continue
             r0, r1 = int(rows[0]), int(rows[-1]) + 1
+            cell, inside = cell[r0:r1], inside[r0:r1]
+            r0, r1 = r0 + b0, r1 + b0
             payload = granule.read(beam, atl06.PAYLOAD, (r0, r1))
-            keep = inside[r0:r1]
+            keep = inside
             acc.rows_in_cell += int(rows.size)
             h = payload["h_li"]
             sigma = payload["h_li_sigma"]
@@ -195,7 +204,7 @@ def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected) -> None:
             keep = keep & _valid_values(h) & _valid_values(sigma) & (sigma > 0) & np.isfinite(t)
             if job.filters.quality_max is not None:
                 keep &= payload["atl06_quality_summary"] <= job.filters.quality_max
-            acc.cell.append(cell[r0:r1][keep])
+            acc.cell.append(cell[keep])
             acc.h.append(h[keep])
             acc.sigma.append(sigma[keep])
             acc.t.append(t[keep])

@@ -51,9 +51,7 @@ class Catalog:
         return np.array(sorted(self._index), dtype=np.uint64)
 
     def granules_of(self, parent: int) -> list[GranuleRef]:
-        rows = self._index.get(int(parent), ())
-        g = self.granules
-        return [GranuleRef(str(g.granule_id.iat[i]), str(g.url.iat[i])) for i in rows]
+        return list(self.granule_refs(np.asarray(self._index.get(int(parent), ()), dtype=np.int64)))
 
     def pairs(self) -> pd.DataFrame:
         """One row per (parent cell, granule) pair, with the rows the pair is expected to hold."""
@@ -73,6 +71,36 @@ class Catalog:
         """Rows each parent cell is expected to receive (planning estimate from footprint overlap)."""
         pairs = self.pairs()
         return {int(k): float(v) for k, v in pairs.expected_rows.groupby(pairs.parent).sum().items()}
+
+    def pairs_at(self, order: int) -> pd.DataFrame:
+        """One row per (cell at a finer `order`, granule) whose footprint touches the cell inside one of the
+        granule's parent cells, with the rows expected there: the same exact coverage as the parent pairs,
+        used to give each task of a split parent only the granules crossing its own child range.
+        """
+        if order < self.parent_order:
+            raise ValueError(f"order {order} is coarser than the catalog's parent order {self.parent_order}")
+        shift = np.uint64(2 * (order - self.parent_order))
+        cells, rows, expected = [], [], []
+        g = self.granules
+        for i, (footprint, parents, total) in enumerate(zip(g.footprint, g.parent_cells, g.expected_rows)):
+            if len(parents) == 0:
+                continue
+            geometry = json.loads(footprint)
+            touched = footprint_cells(geometry, order)
+            touched = touched[np.isin(touched >> shift, parents)]
+            cells.append(touched)
+            rows.append(np.full(touched.size, i, dtype=np.int64))
+            expected.append(float(total) * footprint_shares(geometry, touched, order))
+        if not cells:
+            return pd.DataFrame({"cell": np.empty(0, np.uint64), "row": np.empty(0, np.int64),
+                                 "expected_rows": np.empty(0)})
+        return pd.DataFrame({"cell": np.concatenate(cells), "row": np.concatenate(rows),
+                             "expected_rows": np.concatenate(expected)})
+
+    def granule_refs(self, rows: np.ndarray) -> tuple[GranuleRef, ...]:
+        """References of the granules at the given catalog rows, in catalog order."""
+        g = self.granules
+        return tuple(GranuleRef(str(g.granule_id.iat[i]), str(g.url.iat[i])) for i in np.unique(rows))
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)

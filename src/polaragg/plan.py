@@ -112,31 +112,57 @@ def make_plan(
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
     When the busiest parent's projected memory exceeds `memory_per_task`, every parent's children
-    are split into the smallest power-of-two number of equal ranges that fits, before dispatch.
+    are split into the smallest power-of-two number of equal ranges for which every task fits, before
+    dispatch. A split task gets only the granules whose footprint crosses its own child range (exact
+    coverage at the range's order) and the rows expected there.
     """
     if catalog.parent_order != grid.parent_order:
         raise ValueError(f"catalog parent order {catalog.parent_order} != grid parent order {grid.parent_order}")
     parents = np.unique(np.asarray(catalog.parents, dtype=np.uint64))
-    rows = catalog.expected_rows()
-    busiest = max(rows.values(), default=0.0)
+    busiest = max(catalog.expected_rows().values(), default=0.0)
     split = 1
     if memory_per_task is not None:
         if memory_per_task <= BASE_TASK_BYTES:
             raise PlanError(f"memory per task {memory_per_task / 2**20:.0f} MiB is below a worker's baseline of "
                             f"{BASE_TASK_BYTES / 2**20:.0f} MiB")
-        while BASE_TASK_BYTES + BYTES_PER_ROW * busiest / split > memory_per_task:
+        while BASE_TASK_BYTES + BYTES_PER_ROW * busiest / split > memory_per_task and split < grid.children_per_parent:
             split *= 2
-            if split > grid.children_per_parent:
-                raise PlanError(f"a parent cell with {busiest:,.0f} expected rows cannot fit in "
-                                f"{memory_per_task / 2**20:.0f} MiB even split per child cell")
+    while True:
+        tasks = _tasks(catalog, grid, parents, split)
+        worst = max((t.projected_bytes for t in tasks), default=0)
+        if memory_per_task is None or worst <= memory_per_task:
+            break
+        if split >= grid.children_per_parent:
+            raise PlanError(f"a task with {(worst - BASE_TASK_BYTES) / BYTES_PER_ROW:,.0f} expected rows cannot fit "
+                            f"in {memory_per_task / 2**20:.0f} MiB even split per child cell")
+        split *= 2
+    return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry)
+
+
+def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int) -> list[Task]:
+    """`split` equal child ranges per parent, each with the granules crossing it, in cell order."""
+    if split == 1:
+        rows = catalog.expected_rows()
+        return [Task(i, int(p), 0, grid.children_per_parent, tuple(catalog.granules_of(int(p))),
+                     rows.get(int(p), 0.0)) for i, p in enumerate(parents)]
+    levels = (split.bit_length()) // 2  # finest order whose cells tile every range: 4**levels >= split
+    order = grid.parent_order + levels
+    per_range = 4**levels // split  # cells of that order in one range
+    fine = catalog.pairs_at(order)
+    local = (fine.cell.to_numpy() & np.uint64(4**levels - 1)).astype(np.int64)
+    key = (fine.cell.to_numpy() >> np.uint64(2 * levels)).astype(np.uint64) * np.uint64(split) + (
+        local // per_range).astype(np.uint64)
+    fine = fine.assign(key=key).sort_values(["key", "row"], kind="stable")
+    by_key = {int(k): g for k, g in fine.groupby("key", sort=False)}
     size = grid.children_per_parent // split
     tasks = []
     for p in parents:
-        granules = tuple(catalog.granules_of(int(p)))
         for k in range(split):
-            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules,
-                              rows.get(int(p), 0.0) / split))
-    return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry)
+            group = by_key.get(int(p) * split + k)
+            granules = () if group is None else catalog.granule_refs(group.row.to_numpy())
+            expected = 0.0 if group is None else float(group.expected_rows.sum())
+            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected))
+    return tasks
 
 
 def parse_bytes(text: str | int) -> int:
