@@ -549,8 +549,8 @@ def markdown(ctx: dict) -> str:
         f"passes ({', '.join(f'{s:.2f}' for s in floor.repeats)} s) = {floor.rows_per_second:,.0f} rows/s.",
         f"Why the pipeline costs more than the floor: a granule crossing k parent cells has its latitude/longitude "
         f"read (and decompressed) by each of the k tasks ({ctx['pairs']:,} (task, granule) reads for "
-        f"{ctx['granules']} granules = {ctx['pairs'] / max(ctx['granules'], 1):.1f}x), every row near the "
-        f"parent's latitude band gets a HEALPix cell id, the rows inside are sorted and reduced into 14 "
+        f"{ctx['granules']} granules = {ctx['pairs'] / max(ctx['granules'], 1):.1f}x), every row within the "
+        f"task's latitude band gets a HEALPix cell id, the rows inside are sorted and reduced into 14 "
         f"statistics (exact quantiles included), and each task writes its Zarr chunk and ledger record.",
         "",
     ]
@@ -900,7 +900,8 @@ def _memory_note(scaling: dict[str, list[RunResult]]) -> str:
             "denser data raises the peak by roughly bytes-per-row x extra rows; with a memory bound "
             "(`executor.memory_per_task`) the planner splits each parent into more child-range tasks as the "
             "density grows, keeping the rows per task, and so the peak, about constant, at the price of more "
-            "tasks (each split task still reads the coordinates of every granule crossing its parent).")
+            "tasks and more task-seconds: a granule crossing k tasks has its latitude read by each of them, "
+            "so splitting trades time for memory; keep `memory_per_task` at what the workers really have.")
 
 
 if __name__ == "__main__":
