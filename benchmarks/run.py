@@ -726,7 +726,8 @@ def plot(path: Path, runs: list[RunResult], floor: Floor, scaling: dict[str, lis
     axm.set_ylim(0, None)
     axm.set_xlabel("observations (millions)")
     axm.set_ylabel("peak RSS per task, MiB")
-    axm.legend(fontsize=7, loc="lower right")
+    if axm.get_legend_handles_labels()[0]:
+        axm.legend(fontsize=7, loc="lower right")
     axm.set_title("Scaling: peak memory per task")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,0 +1,39 @@
+"""The benchmark command runs end to end on a sub-area and its table is consistent with its own figures."""
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("polaragg_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
+    bench = _load_bench()
+    out = tmp_path / "results"
+    code = bench.main(["--quick", "--executors", "single-threaded,processes", "--no-scaling", "--repeats", "1",
+                       "--floor-repeats", "1", "--max-wait", "0", "--cache", str(demo_recipe.source.cache_dir),
+                       "--out", str(out)])
+    assert code == 0
+    rows = list(csv.DictReader((out / "latest.csv").open()))
+    assert [r["executor"] for r in rows] == ["single-threaded", "processes", "read-floor (h5py)"]
+    runs, floor = rows[:2], rows[2]
+    assert not any(r["error"] for r in runs)
+    # Both executors aggregate the same observations; the ratio columns are the figures they claim to divide.
+    assert int(runs[0]["observations"]) == int(runs[1]["observations"]) > 100_000
+    for r in runs:
+        assert float(r["wall_over_floor"]) == pytest.approx(float(r["wall_s"]) / float(floor["wall_s"]), rel=0.02)
+        assert float(r["cycle_lambda_usd"]) > 0 and float(r["cycle_coiled_usd"]) > 0
+    md = (out / "latest.md").read_text()
+    assert "Pipeline / read floor:" in md and "| processes | 2 |" in md
+    assert (out / "latest.png").stat().st_size > 10_000
