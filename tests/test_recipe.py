@@ -27,7 +27,7 @@ def test_demo_recipe_loads_and_matches_packaged_copy():
         (("child_order: 12", "child_order: 40"), "grid.child_order"),
         (("child_order: 12", "child_order: 4"), "grid"),
         (("quality_max: 0", "quality_max: high"), "filters.quality_max"),
-        (("name: threads", "name: spark"), "executor.name"),
+        (("name: processes", "name: spark"), "executor.name"),
         (("reader: h5py", "reader: netcdf"), "reader"),
         (("kind: synthetic", "kind: ftp"), "source"),
         (("cycle: 22", "cycle: 0"), "source.cycle"),
@@ -53,7 +53,7 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 
 def test_fingerprint_ignores_where_and_how_it_runs():
     base = load_recipe(_demo_text())
-    moved = load_recipe(_demo_text().replace("name: threads", "name: processes").replace(
+    moved = load_recipe(_demo_text().replace("name: processes", "name: threads").replace(
         "store: polaragg-out/demo.zarr", "store: elsewhere.zarr"))
     changed = load_recipe(_demo_text().replace("quality_max: 0", "quality_max: 1"))
     assert base.fingerprint() == moved.fingerprint()
