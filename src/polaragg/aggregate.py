@@ -196,12 +196,11 @@ def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected) -> None:
             cell, inside = cell[r0:r1], inside[r0:r1]
             r0, r1 = r0 + b0, r1 + b0
             payload = granule.read(beam, atl06.PAYLOAD, (r0, r1))
-            keep = inside
             acc.rows_in_cell += int(rows.size)
             h = payload["h_li"]
             sigma = payload["h_li_sigma"]
             t = payload["delta_time"]
-            keep = keep & _valid_values(h) & _valid_values(sigma) & (sigma > 0) & np.isfinite(t)
+            keep = inside & _valid_values(h) & _valid_values(sigma) & (sigma > 0) & np.isfinite(t)
             if job.filters.quality_max is not None:
                 keep &= payload["atl06_quality_summary"] <= job.filters.quality_max
             acc.cell.append(cell[keep])

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .aggregate import Filters, GranuleRef, RetryPolicy, TaskResult, reduce_parent
@@ -119,7 +120,8 @@ def make_plan(
     if catalog.parent_order != grid.parent_order:
         raise ValueError(f"catalog parent order {catalog.parent_order} != grid parent order {grid.parent_order}")
     parents = np.unique(np.asarray(catalog.parents, dtype=np.uint64))
-    busiest = max(catalog.expected_rows().values(), default=0.0)
+    rows = catalog.expected_rows()
+    busiest = max(rows.values(), default=0.0)
     split = 1
     if memory_per_task is not None:
         if memory_per_task <= BASE_TASK_BYTES:
@@ -127,8 +129,9 @@ def make_plan(
                             f"{BASE_TASK_BYTES / 2**20:.0f} MiB")
         while BASE_TASK_BYTES + BYTES_PER_ROW * busiest / split > memory_per_task and split < grid.children_per_parent:
             split *= 2
+    fine: dict[int, pd.DataFrame] = {}  # catalog.pairs_at by order: splits 2 and 4 share one order
     while True:
-        tasks = _tasks(catalog, grid, parents, split)
+        tasks = _tasks(catalog, grid, parents, split, rows, fine)
         worst = max((t.projected_bytes for t in tasks), default=0)
         if memory_per_task is None or worst <= memory_per_task:
             break
@@ -139,16 +142,24 @@ def make_plan(
     return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry)
 
 
-def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int) -> list[Task]:
-    """`split` equal child ranges per parent, each with the granules crossing it, in cell order."""
+def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, rows: dict[int, float] | None = None,
+           fine_pairs: dict[int, pd.DataFrame] | None = None) -> list[Task]:
+    """`split` equal child ranges per parent, each with the granules crossing it, in cell order.
+
+    `rows` (the catalog's expected rows per parent) and `fine_pairs` (pairs by order) are reused
+    when given.
+    """
     if split == 1:
-        rows = catalog.expected_rows()
+        rows = catalog.expected_rows() if rows is None else rows
         return [Task(i, int(p), 0, grid.children_per_parent, tuple(catalog.granules_of(int(p))),
                      rows.get(int(p), 0.0)) for i, p in enumerate(parents)]
     levels = (split.bit_length()) // 2  # finest order whose cells tile every range: 4**levels >= split
     order = grid.parent_order + levels
     per_range = 4**levels // split  # cells of that order in one range
-    fine = catalog.pairs_at(order)
+    fine_pairs = {} if fine_pairs is None else fine_pairs
+    if order not in fine_pairs:
+        fine_pairs[order] = catalog.pairs_at(order)
+    fine = fine_pairs[order]
     local = (fine.cell.to_numpy() & np.uint64(4**levels - 1)).astype(np.int64)
     key = (fine.cell.to_numpy() >> np.uint64(2 * levels)).astype(np.uint64) * np.uint64(split) + (
         local // per_range).astype(np.uint64)
