@@ -197,11 +197,11 @@ def with_memory_per_task(recipe, memory: str | None):
 
 def auto_memory(recipe_1x) -> str:
     """A memory bound that the 1x plan's densest task just fits: denser data then splits into more tasks."""
-    from polaragg.plan import BASE_TASK_BYTES, BYTES_PER_ROW
     from polaragg.runner import plan_recipe
 
-    busiest = max((t.expected_rows for t in plan_recipe(recipe_1x).tasks), default=0.0)
-    bound = BASE_TASK_BYTES + BYTES_PER_ROW * busiest * 1.05
+    plan = plan_recipe(recipe_1x)
+    busiest = max((t.expected_rows for t in plan.tasks), default=0.0)
+    bound = plan.memory.projected(busiest * 1.05)
     return f"{bound / MIB:.1f}MiB"
 
 

@@ -24,7 +24,7 @@ from .aggregate import Filters, GranuleRef, RetryPolicy, TaskResult, reduce_pare
 from .catalog import Catalog
 from .grid import Grid
 from .ledger import TaskRecord, write_record
-from .memory import peak_bytes, reset_peak
+from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak
 from .read import ReaderName
 from .stats import STAT_INDEX, STATS
 from .store import write_block
@@ -32,13 +32,6 @@ from .store import write_block
 SUMMARY_FIELDS: tuple[str, ...] = (
     "observations", "rows_in_cell", "granules", "granules_read", "failures", "seconds", "peak_memory_bytes",
 )
-
-
-# Memory model of one task: a worker's baseline (interpreter, numpy, h5py, zarr) plus bytes per row
-# of the task's cell range while it is collected and reduced. Measured on the demo with the processes
-# executor: ~198 MiB + ~45 B/row; the model keeps a margin for row estimates that run low.
-BASE_TASK_BYTES = 256 * 2**20
-BYTES_PER_ROW = 96
 
 
 class PlanError(ValueError):
@@ -55,10 +48,7 @@ class Task:
     child_hi: int
     granules: tuple[GranuleRef, ...]
     expected_rows: float
-
-    @property
-    def projected_bytes(self) -> int:
-        return int(BASE_TASK_BYTES + BYTES_PER_ROW * self.expected_rows)
+    projected_bytes: int = 0  # peak memory projected by the plan's memory model
 
 
 @dataclass(frozen=True)
@@ -71,6 +61,7 @@ class Plan:
     storage_options: dict | None = field(default=None, repr=False)
     split: int = 1  # tasks per parent cell
     retry: RetryPolicy = RetryPolicy()
+    memory: MemoryModel = DEFAULT_MODEL
 
     @property
     def n_cells(self) -> int:
@@ -97,7 +88,7 @@ class Plan:
 
     @property
     def max_projected_bytes(self) -> int:
-        return max((t.projected_bytes for t in self.tasks), default=BASE_TASK_BYTES)
+        return max((t.projected_bytes for t in self.tasks), default=self.memory.baseline_bytes)
 
 
 def make_plan(
@@ -109,6 +100,7 @@ def make_plan(
     storage_options: dict | None = None,
     memory_per_task: int | None = None,
     retry: RetryPolicy = RetryPolicy(),
+    memory: MemoryModel = DEFAULT_MODEL,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
@@ -124,25 +116,26 @@ def make_plan(
     busiest = max(rows.values(), default=0.0)
     split = 1
     if memory_per_task is not None:
-        if memory_per_task <= BASE_TASK_BYTES:
+        if memory_per_task <= memory.baseline_bytes:
             raise PlanError(f"memory per task {memory_per_task / 2**20:.0f} MiB is below a worker's baseline of "
-                            f"{BASE_TASK_BYTES / 2**20:.0f} MiB")
-        while BASE_TASK_BYTES + BYTES_PER_ROW * busiest / split > memory_per_task and split < grid.children_per_parent:
+                            f"{memory.baseline_bytes / 2**20:.0f} MiB")
+        while memory.projected(busiest / split) > memory_per_task and split < grid.children_per_parent:
             split *= 2
     fine: dict[int, pd.DataFrame] = {}  # catalog.pairs_at by order: splits 2 and 4 share one order
     while True:
-        tasks = _tasks(catalog, grid, parents, split, rows, fine)
+        tasks = _tasks(catalog, grid, parents, split, memory, rows, fine)
         worst = max((t.projected_bytes for t in tasks), default=0)
         if memory_per_task is None or worst <= memory_per_task:
             break
         if split >= grid.children_per_parent:
-            raise PlanError(f"a task with {(worst - BASE_TASK_BYTES) / BYTES_PER_ROW:,.0f} expected rows cannot fit "
+            raise PlanError(f"a task with {max(t.expected_rows for t in tasks):,.0f} expected rows cannot fit "
                             f"in {memory_per_task / 2**20:.0f} MiB even split per child cell")
         split *= 2
-    return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry)
+    return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry, memory)
 
 
-def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, rows: dict[int, float] | None = None,
+def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory: MemoryModel,
+           rows: dict[int, float] | None = None,
            fine_pairs: dict[int, pd.DataFrame] | None = None) -> list[Task]:
     """`split` equal child ranges per parent, each with the granules crossing it, in cell order.
 
@@ -152,7 +145,7 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, rows: 
     if split == 1:
         rows = catalog.expected_rows() if rows is None else rows
         return [Task(i, int(p), 0, grid.children_per_parent, tuple(catalog.granules_of(int(p))),
-                     rows.get(int(p), 0.0)) for i, p in enumerate(parents)]
+                     rows.get(int(p), 0.0), memory.projected(rows.get(int(p), 0.0))) for i, p in enumerate(parents)]
     levels = (split.bit_length()) // 2  # finest order whose cells tile every range: 4**levels >= split
     order = grid.parent_order + levels
     per_range = 4**levels // split  # cells of that order in one range
@@ -172,7 +165,8 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, rows: 
             group = by_key.get(int(p) * split + k)
             granules = () if group is None else catalog.granule_refs(group.row.to_numpy())
             expected = 0.0 if group is None else float(group.expected_rows.sum())
-            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected))
+            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected,
+                              memory.projected(expected)))
     return tasks
 
 

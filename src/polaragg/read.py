@@ -92,7 +92,7 @@ class H5pyGranule(_GranuleBase):
             if remote:
                 import fsspec
 
-                from .ledger import fsspec_options
+                from .fs import fsspec_options
 
                 self._fileobj = fsspec.open(url, "rb", **fsspec_options(url, storage_options)).open()
                 self._file = h5py.File(self._fileobj, "r")

@@ -23,11 +23,15 @@ from .sources import load_catalog
 from .store import create_store, recipe_attrs, finalize_store
 
 
-def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None) -> Plan:
+def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: str | None = None) -> Plan:
+    """The recipe's plan, with task memory projected by the model of the executor that will run it."""
+    from .memory import model_for
+
     recipe = _as_recipe(recipe)
     catalog = catalog if catalog is not None else load_catalog(recipe)
     return make_plan(catalog, recipe.grid.grid(), reader=recipe.reader, filters=recipe.filters.filters(),
-                     memory_per_task=parse_bytes(recipe.executor.memory_per_task), retry=recipe.retry.policy())
+                     memory_per_task=parse_bytes(recipe.executor.memory_per_task), retry=recipe.retry.policy(),
+                     memory=model_for(executor or recipe.executor.name))
 
 
 def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None) -> xr.Dataset:
@@ -70,7 +74,7 @@ def run(
                             allowed_mem=parse_bytes(recipe.executor.memory_per_task))
     start = time.perf_counter()
     catalog = load_catalog(recipe)
-    plan = plan_recipe(recipe, catalog)
+    plan = plan_recipe(recipe, catalog, choice.name)
     fingerprint = recipe.fingerprint()
     done: dict[tuple[int, int], TaskRecord] = {}
     attempts: dict[tuple[int, int], int] = {}

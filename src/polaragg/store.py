@@ -18,7 +18,8 @@ import xarray as xr
 import zarr
 
 from .grid import Grid
-from .ledger import clear_records, fsspec_options
+from .fs import fsspec_options
+from .ledger import clear_records
 from .stats import STAT_INDEX, STATS, ZERO_WHEN_EMPTY
 
 try:
