@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .fs import EndpointUnreachable
 from .grid import Grid
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
@@ -158,6 +159,8 @@ def _read_with_retries(
         part = _Collected()
         try:
             _read_granule(ref, job, part)
+        except EndpointUnreachable:
+            raise  # nothing was learnt about the granule: the task stops and the run with it
         except GranuleError as exc:
             if exc.transient and attempt < retry.attempts:
                 time.sleep(retry.delay(attempt))

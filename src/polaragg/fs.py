@@ -24,3 +24,8 @@ def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
     if endpoint:
         options["endpoint_url"] = endpoint
     return options
+
+
+class EndpointUnreachable(ConnectionError):
+    """An object-store endpoint that does not answer: the run stops (resume finishes it) instead of
+    failing every granule after its own timeouts and retries."""
