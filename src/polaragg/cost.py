@@ -469,6 +469,61 @@ class CostReport:
         return "\n".join(lines)
 
 
+def _number_or(report: Mapping[str, Any], key: str, default: float = 0.0) -> float:
+    value = report.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def format_cost(report: Mapping[str, Any]) -> str:
+    """The cost block printed after a run, from a stored report (`CostReport.to_dict()`, the `run_cost` attr).
+
+    The Lambda, EC2 and Coiled lines price the same task-seconds on each service, so they are alternatives,
+    not parts of one bill: each says what this work would cost there. Only the service the run actually used
+    (Lambda or Coiled) is worded as a cost; a local run has no cloud bill. S3 requests are what a run with its
+    data and store in S3 would add to any of them.
+    """
+    if not report:
+        return "Cost: no cost report in the store (run_cost attribute missing)"
+    executor = report.get("executor") or None
+    n_tasks = int(_number_or(report, "n_tasks"))
+    task_seconds = _number_or(report, "task_seconds")
+    billed = "lambda" if executor in LAMBDA_EXECUTORS else "coiled" if executor in COILED_EXECUTORS else None
+
+    def verb(service: str) -> str:
+        return "cost" if service == billed else "would cost"
+
+    spot = "spot" if report.get("spot") else "on-demand"
+    architecture, memory_mb = report.get("architecture", "arm64"), report.get("lambda_memory_mb", "?")
+    lambda_label = f"AWS Lambda ({architecture}, {memory_mb} MB)"
+    ec2_label = f"EC2 {report.get('instance', '?')} ({spot})"
+    rows = [
+        (lambda_label, f"{verb('lambda')} {_usd(_number_or(report, 'lambda_usd'))}",
+         f"{_number_or(report, 'lambda_gb_seconds'):,.1f} GB-s + {int(_number_or(report, 'invocations')):,} "
+         "requests"),
+        (ec2_label, f"would cost {_usd(_number_or(report, 'ec2_usd'))}",
+         f"{_number_or(report, 'instance_hours'):,.4g} instance-h"),
+        ("Coiled (EC2 + platform fee)", f"{verb('coiled')} {_usd(_number_or(report, 'coiled_usd'))}",
+         f"{_usd(_number_or(report, 'ec2_usd'))} + fee {_usd(_number_or(report, 'coiled_fee_usd'))}"),
+        ("S3 requests (data in S3)",
+         f"{'added' if billed else 'would add'} {_usd(_number_or(report, 's3_usd'))}",
+         f"{int(_number_or(report, 's3_gets')):,} GET + {int(_number_or(report, 's3_puts')):,} PUT"),
+    ]
+    total = report.get("total_usd")
+    if billed and isinstance(total, (int, float)):
+        bill = f"{_usd(float(total))} ({billed} + S3 requests)"
+    else:
+        bill = f"none (local executor {executor!r})" if executor else "none (no executor recorded)"
+    width = max(len(label) for label, _, _ in rows)
+    lines = [
+        f"Cost: the same work ({n_tasks:,} tasks, {_secs(task_seconds)} of task time, from the ledger) "
+        "priced on each service",
+        "      (alternatives, not one bill; prices: polaragg/data/prices.yaml)",
+    ]
+    lines += [f"      {label + ':':<{width + 1}} {value:<22} ({detail})" for label, value, detail in rows]
+    lines.append(f"      {'Billed for this run:':<{width + 1}} {bill}")
+    return "\n".join(lines)
+
+
 def _ceil_ms(seconds: float) -> int:
     """Billed milliseconds of one invocation (Lambda bills duration rounded up to 1 ms)."""
     return math.ceil(round(seconds * 1000.0, 6))

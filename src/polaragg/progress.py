@@ -80,13 +80,19 @@ class LedgerProgress:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """The end-of-run figures (also kept in the store's root attributes)."""
+    """The end-of-run figures (also kept in the store's root attributes).
+
+    Task outcomes: `cells_with_data` kept at least one observation; `cells_empty_no_data` had no row
+    inside its cells and no failed granule (nothing to aggregate there); `cells_empty_filtered` had rows
+    inside its cells but the filters (quality, fill values, sigma) dropped every one; `cells_failed` had
+    at least one granule that could not be read (it may also have data from the other granules).
+    """
 
     store: str
     executor: str
     cells_total: int
     cells_with_data: int
-    cells_empty_no_granules: int
+    cells_empty_no_data: int
     cells_empty_filtered: int
     cells_failed: int
     child_cells_with_data: int
@@ -106,11 +112,13 @@ class RunSummary:
             bar,
             "Summary",
             bar,
-            f"      Total cells:          {self.cells_total:,}  (parent cells; {self.child_cells_with_data:,} child cells with data)",
+            f"      Total cells:          {self.cells_total:,}  "
+            f"(parent cells; {self.child_cells_with_data:,} child cells with data)",
             f"      With data:            {self.cells_with_data:,}",
-            f"      Empty (no granules):  {self.cells_empty_no_granules:,}",
-            f"      Empty (filtered):     {self.cells_empty_filtered:,}",
-            f"      Errors:               {self.cells_failed:,}  (cells with a failed granule; {self.granules_failed} granule failures)",
+            f"      Empty (no data):      {self.cells_empty_no_data:,}  (no rows in the cells)",
+            f"      Empty (filtered):     {self.cells_empty_filtered:,}  (rows in the cells, all filtered)",
+            f"      Errors:               {self.cells_failed:,}  "
+            f"(cells with a failed granule; {self.granules_failed} granule failures)",
             f"      Granules:             {self.granules:,}",
             f"      Total observations:   {self.observations:,}",
             thin,
@@ -126,14 +134,16 @@ class RunSummary:
 
 def summarize(records: list[TaskRecord], *, store: str, executor: str, wall_seconds: float,
               granules: int, child_cells_with_data: int) -> RunSummary:
+    """The summary of a run from its ledger records (one per task); see `RunSummary` for the categories."""
     failed_granules = {f["granule"] for r in records for f in r.failures}
     return RunSummary(
         store=store,
         executor=executor,
         cells_total=len(records),
         cells_with_data=sum(r.observations > 0 for r in records),
-        cells_empty_no_granules=sum(r.granules == 0 for r in records),
-        cells_empty_filtered=sum(r.granules > 0 and r.observations == 0 and not r.failures for r in records),
+        cells_empty_no_data=sum(r.rows_in_cell == 0 and r.observations == 0 and not r.failures
+                                for r in records),
+        cells_empty_filtered=sum(r.rows_in_cell > 0 and r.observations == 0 for r in records),
         cells_failed=sum(bool(r.failures) for r in records),
         child_cells_with_data=child_cells_with_data,
         granules=granules,

@@ -9,6 +9,7 @@ right (+x).
 
 from __future__ import annotations
 
+import re
 import textwrap
 import warnings
 from collections.abc import Mapping, Sequence
@@ -232,6 +233,31 @@ def _label(var: str, attrs: Mapping[str, Any]) -> str:
     return f"{name} ({units})" if units else name
 
 
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_map_path(store: str, var: str) -> str:
+    """Where `polaragg map` writes a store's map when no output is given: `<store without .zarr>_<var>.png`.
+
+    A local store (a path or `file://`) gets its map beside it (`out/demo.zarr` -> `out/demo_h_mean.png`), so
+    maps of different stores do not overwrite each other and never land inside the store. A remote store
+    (`s3://...`, any other `scheme://`) cannot take a local file beside it: its map is a file in the current
+    folder named after the store's last path component. Characters unsafe in a file name (path separators
+    included) become `_`, so neither the store's name nor `var` can place the file elsewhere.
+    """
+    text = str(store).strip()
+    text = text[len("file://"):] if text.startswith("file://") else text
+    remote = "://" in text
+    trimmed = text.rstrip("/\\") if not remote else text.split("://", 1)[1].rstrip("/")
+    name = re.split(r"[/\\]", trimmed)[-1] if trimmed else ""
+    name = name[: -len(".zarr")] if name.lower().endswith(".zarr") else name
+    stem = _UNSAFE_NAME.sub("_", name).strip("._") or "store"
+    leaf = f"{stem}_{_UNSAFE_NAME.sub('_', str(var)).strip('._') or 'var'}.png"
+    if remote or not trimmed or name in (".", ".."):
+        return leaf
+    return str(Path(trimmed).parent / leaf)
+
+
 def plot_store(
     store: str | Path | Any,
     var: str = "h_mean",
@@ -259,9 +285,7 @@ def plot_store(
         from .store import open_store
 
         ds = open_store(str(store))
-        s = str(store).rstrip("/")
-        stem = s.rsplit("/", 1)[-1].removesuffix(".zarr") or "store"
-        default_out = (Path(s).parent if "://" not in s else Path(".")) / f"{stem}_{var}.png"
+        default_out = Path(default_map_path(str(store), var))
     if sel:
         ds = ds.sel(sel)
     if var not in ds.data_vars:
@@ -352,4 +376,7 @@ def plot_parent_cells(
     return _save(fig, out, dpi)
 
 
-__all__ = ["VariableNotFoundError", "cell_polygons_xy", "plot_cells", "plot_parent_cells", "plot_store"]
+__all__ = [
+    "VariableNotFoundError", "cell_polygons_xy", "default_map_path", "plot_cells", "plot_parent_cells",
+    "plot_store",
+]
