@@ -1,14 +1,17 @@
 """Production behaviour: SIGKILL then --resume, validation of tampered stores, transient-failure retries,
-and a run's cost recomputed from its ledger alone."""
+a run's cost against the price table applied to its ledger files, and the run summary's task categories."""
 
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +22,8 @@ import zarr
 import polaragg
 from polaragg import read
 from polaragg.cli import main
-from polaragg.cost import run_cost
-from polaragg.ledger import LEDGER_SUFFIX, read_records
+from polaragg.ledger import LEDGER_SUFFIX, TaskRecord, read_records
+from polaragg.progress import summarize
 from polaragg.read import GranuleError, H5pyGranule
 from polaragg.stats import STATS
 
@@ -157,12 +160,89 @@ def test_persistent_transient_failure_is_recorded_after_its_attempts(demo_recipe
     assert all(r.status == "failed" for r in records if r.granules)
 
 
-def test_reported_cost_is_recomputed_from_the_ledger_alone(demo_store):
+def _ledger_files(store: str) -> list[dict]:
+    """The task records of a store's ledger, read as plain JSON (not through polaragg)."""
+    folder = Path(store + LEDGER_SUFFIX)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+            if re.fullmatch(r"\d{20}-\d{5}\.json", p.name)]
+
+
+def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store):
+    """The stored cost report equals the documented model evaluated here on the ledger's JSON files with
+    the prices of prices.yaml read by yaml: Lambda 2048 MB arm64 (a full vCPU at >= 1,769 MB, so one-core
+    seconds are billed as measured, ceil to 1 ms per attempt), c7g.4xlarge on-demand (attempt-seconds /
+    16 vCPU), S3 GETs per granule read and one PUT per stored variable plus the ledger record per task."""
     store, summary = demo_store
-    attrs = xr.open_zarr(store).attrs
-    reported = json.loads(attrs["run_cost"])
-    wall = json.loads(attrs["run_summary"])["wall_seconds"]
-    again = run_cost(read_records(store), executor=reported["executor"], wall_seconds=wall).to_dict()
-    assert again == reported
-    assert reported["observations"] == summary.observations
-    assert reported["lambda_usd"] > 0 and reported["coiled_usd"] > 0
+    ds = xr.open_zarr(store)
+    reported = json.loads(ds.attrs["run_cost"])
+    doc = yaml.safe_load((Path(polaragg.__file__).parent / "data" / "prices.yaml").read_text())
+    price = {k: float(v["value"]) for k, v in doc["prices"].items()}
+    c7g = doc["instances"]["c7g.4xlarge"]
+    records = _ledger_files(store)
+    assert len(records) == summary.cells_total > 0
+
+    attempts = [max(1, int(r.get("attempt", 1))) for r in records]
+    seconds = [float(r["seconds"]) for r in records]
+    billed_ms = sum(k * math.ceil(round(s * 1000.0, 6)) for k, s in zip(attempts, seconds))
+    gb_seconds = billed_ms / 1000.0 * 2048 / 1024
+    lambda_usd = (gb_seconds * price["lambda_gb_second_arm64"]
+                  + sum(attempts) * price["lambda_requests_per_million"] / 1e6)
+    hours = math.fsum(k * s for k, s in zip(attempts, seconds)) / c7g["vcpus"] / 3600.0
+    ec2 = hours * c7g["hourly"]
+    fee = hours * c7g["vcpus"] * price["coiled_fee_per_cpu_hour"]
+    gets = sum(int(r["granules_read"]) for r in records) * price["s3_gets_per_granule"]
+    puts = len(records) * (len(ds.data_vars) + 1)
+    s3 = gets * price["s3_get_per_1000"] / 1000 + puts * price["s3_put_per_1000"] / 1000
+
+    assert reported["executor"] == "threads" and reported["total_usd"] is None  # a local run: no bill
+    assert reported["n_tasks"] == len(records) and reported["invocations"] == sum(attempts)
+    assert reported["observations"] == sum(int(r["observations"]) for r in records) == summary.observations
+    assert reported["task_seconds"] == pytest.approx(math.fsum(seconds), rel=1e-12)
+    assert reported["wall_seconds"] == json.loads(ds.attrs["run_summary"])["wall_seconds"]
+    assert reported["lambda_gb_seconds"] == pytest.approx(gb_seconds, rel=1e-12)
+    assert reported["lambda_usd"] == pytest.approx(lambda_usd, rel=1e-12)
+    assert reported["instance_hours"] == pytest.approx(hours, rel=1e-12)
+    assert reported["ec2_usd"] == pytest.approx(ec2, rel=1e-12)
+    assert reported["coiled_usd"] == pytest.approx(ec2 + fee, rel=1e-12)
+    assert (reported["s3_gets"], reported["s3_puts"]) == (gets, puts)
+    assert reported["s3_usd"] == pytest.approx(s3, rel=1e-12)
+    assert reported["peak_memory_bytes"] == max(int(r["peak_memory_bytes"]) for r in records)
+
+
+def _record(i: int, *, rows: int, observations: int, granules: int, failures: int = 0) -> TaskRecord:
+    failed = [{"granule": f"G{i}-{k}", "reason": "not a readable HDF5 file", "transient": False,
+               "attempts": 1} for k in range(failures)]
+    status = "failed" if failures and not observations else "partial" if failures else \
+        "ok" if observations else "empty"
+    return TaskRecord(parent=i, child_lo=0, child_hi=4096, status=status, observations=observations,
+                      rows_in_cell=rows, granules=granules, granules_read=granules - failures,
+                      failures=failed, seconds=0.5, executor="threads")
+
+
+def test_summary_separates_tasks_without_rows_from_tasks_whose_rows_were_all_filtered():
+    # (rows in the task's cells, observations kept, granules, failed granules) -> expected category
+    cases = [
+        ((0, 0, 0, 0), "no data"),     # no granule crosses the cell
+        ((0, 0, 3, 0), "no data"),     # granules cross the cell's footprint, but no row falls inside it
+        ((0, 0, 5, 0), "no data"),
+        ((120, 0, 2, 0), "filtered"),  # rows inside, every one rejected by the filters
+        ((7, 0, 1, 0), "filtered"),
+        ((900, 850, 4, 0), "data"),
+        ((0, 0, 2, 2), "error"),       # nothing could be read: not an empty cell
+        ((300, 250, 3, 1), "data+error"),
+    ]
+    records = [_record(i, rows=r, observations=o, granules=g, failures=f)
+               for i, ((r, o, g, f), _) in enumerate(cases)]
+    kinds = [k for _, k in cases]
+    s = summarize(records, store="x.zarr", executor="threads", wall_seconds=2.0, granules=9,
+                  child_cells_with_data=10)
+    assert s.cells_total == len(cases)
+    assert s.cells_empty_no_data == kinds.count("no data") == 3
+    assert s.cells_empty_filtered == kinds.count("filtered") == 2
+    assert s.cells_with_data == kinds.count("data") + kinds.count("data+error") == 2
+    assert s.cells_failed == kinds.count("error") + kinds.count("data+error") == 2
+    assert s.granules_failed == 3
+    text = s.format()
+    assert re.search(r"Empty \(no data\):\s+3\b", text), text
+    assert re.search(r"Empty \(filtered\):\s+2\b", text), text
+    assert "no granules" not in text
