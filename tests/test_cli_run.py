@@ -23,6 +23,37 @@ def _granule_parents(path, order=6):
     return set(np.unique(np.concatenate(cells)).tolist())
 
 
+def _valid(d) -> np.ndarray:
+    """Values of an HDF5 dataset that are not its own _FillValue and not NaN."""
+    a = d[:]
+    ok = np.isfinite(a) if a.dtype.kind == "f" else np.ones(a.shape, dtype=bool)
+    fill = d.attrs.get("_FillValue")
+    return ok & (a != fill) if fill is not None else ok
+
+
+def _observations_per_cell(path, order: int, quality_max: int | None) -> dict[int, int]:
+    """Observations of one granule per HEALPix cell, straight from its HDF5 with h5py + healpix_geo.
+
+    An observation: valid coordinates, height and time, height sigma > 0 (both valid), and quality flag at
+    most `quality_max` (when set).
+    """
+    counts: dict[int, int] = {}
+    with h5py.File(path) as f:
+        for beam in (b for b in f if b.startswith("gt")):
+            seg = f[f"{beam}/land_ice_segments"]
+            lon, lat = seg["longitude"][:], seg["latitude"][:]
+            keep = (_valid(seg["longitude"]) & _valid(seg["latitude"]) & (np.abs(lat) <= 90)
+                    & (np.abs(lon) <= 360) & _valid(seg["h_li"]) & _valid(seg["h_li_sigma"])
+                    & _valid(seg["delta_time"]))
+            keep &= np.where(keep, seg["h_li_sigma"][:], 0) > 0
+            if quality_max is not None:
+                keep &= seg["atl06_quality_summary"][:] <= quality_max
+            cells = hpn.lonlat_to_healpix(lon[keep], lat[keep], order, ellipsoid="WGS84")
+            for cell, n in zip(*np.unique(np.asarray(cells, dtype=np.uint64), return_counts=True)):
+                counts[int(cell)] = counts.get(int(cell), 0) + int(n)
+    return counts
+
+
 def test_run_with_corrupt_granule_records_it_and_keeps_every_other_cell(tmp_path, demo_cache, demo_store, capsys):
     folder, recipe = demo_cache
     store_ref, _ = demo_store
@@ -34,6 +65,7 @@ def test_run_with_corrupt_granule_records_it_and_keeps_every_other_cell(tmp_path
     touched = _granule_parents(victim)
     victim_id = json.loads(victim.with_name(victim.name.removesuffix(".h5") + ".umm.json").read_text())["meta"][
         "concept-id"]
+    lost = _observations_per_cell(folder / victim.name, recipe.grid.child_order, recipe.filters.quality_max)
     raw = victim.read_bytes()
     victim.write_bytes(raw[: len(raw) // 2])
 
@@ -70,9 +102,20 @@ def test_run_with_corrupt_granule_records_it_and_keeps_every_other_cell(tmp_path
     assert intact.any()
     for name in ("count", "h_mean", "h_q50", "h_var", "t_mean"):
         np.testing.assert_array_equal(sub[name].values[intact], ref[name].values[intact], err_msg=name)
-    # cells of the failed parents lost exactly the corrupt granule's observations, nothing else
-    assert (sub["count"].values[~intact] <= ref["count"].values[~intact]).all()
-    assert int(sub["count"].values[~intact].sum()) > 0
+    # cells of the failed parents lost exactly the corrupt granule's observations, nothing else: the count
+    # the uncorrupted granule has in each of those cells, counted here from its HDF5 file
+    cells = sub.cell_ids.values[~intact]
+    expected_loss = np.array([lost.get(int(c), 0) for c in cells], dtype=np.int64)
+    loss = ref["count"].values[~intact].astype(np.int64) - sub["count"].values[~intact].astype(np.int64)
+    assert expected_loss.sum() > 0, "the corrupt granule must have observations in the failed parents"
+    np.testing.assert_array_equal(loss, expected_loss)
+    assert int(sub["count"].values[~intact].sum()) > 0  # the other granules of those parents are kept
+    shift = 2 * (recipe.grid.child_order - recipe.grid.parent_order)
+    ref_obs = {(r.parent, r.child_lo): r.observations for r in read_records(store_ref)}
+    for r in failed:  # and each failed task's ledger says so
+        in_task = [n for c, n in lost.items()
+                   if c >> shift == r.parent and r.child_lo <= c - (r.parent << shift) < r.child_hi]
+        assert ref_obs[(r.parent, r.child_lo)] - r.observations == sum(in_task)
     summary = json.loads(xr.open_zarr(store).attrs["run_summary"])
     assert summary["granules_failed"] == 1
 
