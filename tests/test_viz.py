@@ -124,6 +124,31 @@ def test_plot_store(tmp_path, cells):
     _png_size(out2)
 
 
+@pytest.mark.parametrize("store, var, expected", [
+    ("polaragg-out/demo.zarr", "h_mean", "polaragg-out/demo_h_mean.png"),
+    ("polaragg-out/demo.zarr/", "h_q50", "polaragg-out/demo_h_q50.png"),
+    ("/data/runs/basin2.zarr", "count", "/data/runs/basin2_count.png"),
+    ("run.zarr", "h_mean", "run_h_mean.png"),
+    ("runs/plain", "h_mean", "runs/plain_h_mean.png"),      # no .zarr suffix: nothing to strip
+    ("file:///tmp/x/a.zarr", "h_mean", "/tmp/x/a_h_mean.png"),
+    ("s3://bucket/out/basin2.zarr", "h_mean", "basin2_h_mean.png"),  # remote: a local file named after it
+    ("s3://bucket/out/basin2.zarr/", "h_sigma", "basin2_h_sigma.png"),
+    ("gs://b/c.zarr", "h_mean", "c_h_mean.png"),
+    ("runs/demo.zarr", "../../etc/x", "runs/demo_etc_x.png"),  # the variable cannot leave the folder
+])
+def test_default_map_path(store, var, expected):
+    assert Path(viz.default_map_path(store, var)) == Path(expected)
+
+
+def test_default_map_path_is_beside_the_store_never_inside_it(tmp_path):
+    store = tmp_path / "deep" / "my.run.zarr"
+    out = Path(viz.default_map_path(str(store), "h_mean"))
+    assert out.parent == store.parent and out.name == "my.run_h_mean.png"
+    assert store not in out.parents
+    for remote in ("s3://bucket/my.run.zarr", "s3://bucket/deep/my.run.zarr/"):
+        assert Path(viz.default_map_path(remote, "h_mean")) == Path("my.run_h_mean.png")
+
+
 def test_plot_store_unknown_variable(tmp_path, cells):
     path = _store(tmp_path, cells)
     with pytest.raises(KeyError, match=r"'h_nope'.*available variables: count, h_mean, t_mean"):
