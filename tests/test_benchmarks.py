@@ -2,6 +2,8 @@
 
 import csv
 import importlib.util
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -34,6 +36,19 @@ def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
     for r in runs:
         assert float(r["wall_over_floor"]) == pytest.approx(float(r["wall_s"]) / float(floor["wall_s"]), rel=0.02)
         assert float(r["cycle_lambda_usd"]) > 0 and float(r["cycle_coiled_usd"]) > 0
+    # Cores: one for single-threaded; the processes pool's size is the recipe's max_workers, else one worker
+    # per CPU of this machine (whatever it has).
+    pool = demo_recipe.executor.max_workers or os.cpu_count()
+    assert [int(r["cores"]) for r in runs] == [1, pool]
+    for r in runs:
+        per_core = int(r["observations"]) / (float(r["wall_s"]) * int(r["cores"]))
+        assert float(r["obs_per_s_per_core"]) == pytest.approx(per_core, rel=0.01, abs=1.0)
     md = (out / "latest.md").read_text()
-    assert "Pipeline / read floor:" in md and "| processes | 2 |" in md
+    assert "Pipeline / read floor:" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    for r in runs:  # each executor's row shows the cores its CSV row reports
+        row = [line for line in table if line.startswith(f"| {r['executor']} |")]
+        assert len(row) == 1 and row[0].split("|")[2].strip() == r["cores"], row
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert re.search(rf"Machine: .*, {usable} cores,", md), "the machine line reports this machine's cores"
     assert (out / "latest.png").stat().st_size > 10_000
