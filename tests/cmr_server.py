@@ -2,7 +2,11 @@
 
 Serves ``GET /search/granules.umm_json`` (and ``/search/granules.json``, the ATOM-like JSON feed) from a
 list of UMM-G records given at start, with CMR's parameters, ``CMR-Hits`` / ``CMR-Search-After``
-paging and deterministic order (by GranuleUR). Faults can be scheduled for upcoming requests: HTTP
+paging and deterministic order (by GranuleUR). As in CMR, a granule's collection (short name, version)
+comes from its ``CollectionReference``: ``ShortName`` + ``Version``, or an ``EntryTitle`` the server
+knows (``COLLECTIONS``, overridable per server), and ``readable_granule_name`` matches the
+``GranuleUR`` or a ``ProducerGranuleId``, so older records (``GranuleUR: SC:ATL06.005:...``) are found
+by their file name. Faults can be scheduled for upcoming requests: HTTP
 errors, dropped connections, stalls (no answer) and trickled bodies. Scheduled faults form a queue, used
 in order: a fault's ``after`` counts the requests let through once the faults before it are used up.
 Every request is logged and counted. Stalls wait on the server's stop event in bounded steps and
@@ -43,6 +47,11 @@ _KNOWN_PARAMS = {
     "collection_concept_id", "sort_key", "cloud_hosted", "downloadable", "online_only",
 }
 _OPTION_RE = re.compile(r"^options\[(?P<param>[a-z_]+)\]\[(?P<option>[a-z_]+)\]$")
+
+# collections known by entry title (older granule records name their collection only this way)
+COLLECTIONS = {
+    f"ATLAS/ICESat-2 L3A Land Ice Height V{v}": ("ATL06", v) for v in ("005", "006", "007")
+}
 
 
 @dataclass
@@ -151,8 +160,10 @@ class _BadRequest(Exception):
 class CmrServer:
     """CMR granule search on ``127.0.0.1`` with an ephemeral port; a context manager."""
 
-    def __init__(self, records: list[dict], *, port: int = 0) -> None:
+    def __init__(self, records: list[dict], *, port: int = 0,
+                 collections: dict[str, tuple[str, str]] | None = None) -> None:
         self._records = sorted(records, key=lambda r: r["umm"]["GranuleUR"])
+        self._collections = dict(COLLECTIONS if collections is None else collections)
         self._port = port
         self._lock = threading.Lock()
         self._faults: list[_Fault] = []
@@ -317,13 +328,18 @@ class CmrServer:
             body = {"feed": {"entry": [_json_entry(r) for r in page]}}
         return 200, out_headers, body
 
-    @staticmethod
-    def _matches(record: dict, params: dict[str, list[str]], options: dict[str, dict[str, str]]) -> bool:
+    def _collection(self, umm: dict) -> tuple[str | None, str | None]:
+        ref = umm.get("CollectionReference") or {}
+        if "ShortName" in ref:
+            return ref.get("ShortName"), ref.get("Version")
+        return self._collections.get(ref.get("EntryTitle"), (None, None))
+
+    def _matches(self, record: dict, params: dict[str, list[str]], options: dict[str, dict[str, str]]) -> bool:
         umm, meta = record["umm"], record["meta"]
-        ref = umm.get("CollectionReference", {})
-        if "short_name" in params and ref.get("ShortName") not in params["short_name"]:
+        short_name, version = self._collection(umm)
+        if "short_name" in params and short_name not in params["short_name"]:
             return False
-        if "version" in params and ref.get("Version") not in params["version"]:
+        if "version" in params and version not in params["version"]:
             return False
         providers = params.get("provider", []) + params.get("provider_id", [])
         if providers and meta.get("provider-id") not in providers:
@@ -336,8 +352,9 @@ class CmrServer:
             opts = options.get("readable_granule_name", {})
             pattern = opts.get("pattern") == "true"
             ignore_case = opts.get("ignore_case") == "true"
-            if not any(_name_matches(umm["GranuleUR"], p, pattern, ignore_case)
-                       for p in params["readable_granule_name"]):
+            names = [umm["GranuleUR"], *_producer_ids(umm)]
+            if not any(_name_matches(n, p, pattern, ignore_case)
+                       for p in params["readable_granule_name"] for n in names):
                 return False
         if "temporal" in params:
             exclude = options.get("temporal", {}).get("exclude_boundary") == "true"
@@ -350,6 +367,12 @@ class CmrServer:
         for value in params.get("bounding_box", []):
             _parse_bbox(value)
         return True
+
+
+def _producer_ids(umm: dict) -> list[str]:
+    ids = (umm.get("DataGranule") or {}).get("Identifiers") or []
+    return [i["Identifier"] for i in ids
+            if i.get("IdentifierType") == "ProducerGranuleId" and isinstance(i.get("Identifier"), str)]
 
 
 def _bisect_right(records: list[dict], granule_ur: str) -> int:
@@ -409,7 +432,7 @@ def _json_entry(record: dict) -> dict:
     return {
         "id": meta.get("concept-id"),
         "title": umm["GranuleUR"],
-        "producer_granule_id": umm["GranuleUR"],
+        "producer_granule_id": (_producer_ids(umm) or [umm["GranuleUR"]])[0],
         "data_center": meta.get("provider-id"),
         "time_start": rng.get("BeginningDateTime"),
         "time_end": rng.get("EndingDateTime"),

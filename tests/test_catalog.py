@@ -14,6 +14,7 @@ import polaragg
 from polaragg.catalog import Catalog, build_catalog, read_directory
 from polaragg.cli import main
 from polaragg.grid import Grid
+from polaragg.memory import model_for
 from polaragg.plan import _tasks
 from polaragg.sources import aoi_geometry
 from polaragg.coverage import cells_covering
@@ -79,7 +80,7 @@ def test_split_tasks_list_every_granule_with_rows_in_their_range(full_granules, 
     grid = Grid(6, 12)
     parents = cells_covering(aoi_geometry(Aoi(outline=True)), grid.parent_order)
     catalog = build_catalog(read_directory(full_granules), parents, grid.parent_order)
-    plan = _tasks(catalog, grid, np.unique(parents), split)
+    plan = _tasks(catalog, grid, np.unique(parents), split, model_for("single-threaded"))
     listed = {(t.parent, t.child_lo): {g.granule_id for g in t.granules} for t in plan}
     size = grid.children_per_parent // split
     seen_pairs = assigned = 0
@@ -102,8 +103,7 @@ def test_same_catalog_from_local_cmr_and_from_the_folder(demo_cache, cmr_server_
     records = read_directory(folder)
     served = [{k: v for k, v in r.items() if k != "local_path"} for r in records]
     # a granule of another cycle on the server must be filtered out by the cycle name pattern
-    other = json.loads(json.dumps(served[0]))
-    other["umm"]["GranuleUR"] = other["umm"]["GranuleUR"].replace("2211_006", "2311_006")
+    other = json.loads(json.dumps(served[0]).replace("2211_006", "2311_006"))  # name, identifiers, URLs
     other["meta"]["concept-id"] = "G9999999999-NSIDC_CPRD"
     server = cmr_server_factory(served + [other])
 

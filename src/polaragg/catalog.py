@@ -2,15 +2,21 @@
 parent cells each footprint touches, so every task knows exactly which granules to read.
 
 A catalog is built once from UMM-G records (CMR search or a local folder of `*.umm.json`) and kept
-in one Parquet file; `run` consumes it without touching the network.
+in one Parquet file; `run` consumes it without touching the network. Real records vary: the ATL06
+name may sit in `GranuleUR`, in `DataGranule.Identifiers` or only in the data URLs, and some records
+cannot be used at all. Those are skipped and listed on the catalog, never fatal; duplicate granules
+(the same record twice, or several revisions of one granule) are reduced to the newest revision.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -18,11 +24,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .aggregate import GranuleRef
+from .cmr import granule_size_bytes
 from .coverage import footprint_cells
 from .grid import cells_of_points
 
+logger = logging.getLogger(__name__)
+
+Access = Literal["local", "direct", "external"]
+
 NAME_RE = re.compile(
-    r"^ATL06_(?P<time>\d{14})_(?P<rgt>\d{4})(?P<cycle>\d{2})(?P<region>\d{2})_(?P<version>\d{3})_(?P<revision>\d{2})"
+    r"^ATL06_(?P<time>\d{14})_(?P<rgt>\d{4})(?P<cycle>\d{2})(?P<region>\d{2})_(?P<version>\d{3})"
+    r"_(?P<revision>\d{2})(?:\.h5)?$"
 )
 
 COLUMNS = (
@@ -30,20 +42,54 @@ COLUMNS = (
     "version", "size_bytes", "footprint", "parent_cells", "parent_shares", "expected_rows",
 )
 
+UNREADABLE = "unreadable"  # key of a folder record whose metadata file could not be read: the reason
+_DIRECT, _EXTERNAL = "GET DATA VIA DIRECT ACCESS", "GET DATA"
+_NOTE_LIMIT = 5  # names listed per line of Catalog.notes()
+
 
 class CatalogError(ValueError):
     """Granule records or a catalog file that cannot be used."""
 
 
+class AccessFallbackWarning(UserWarning):
+    """Granules without a direct-access (s3) URL are read over https instead."""
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A UMM-G record left out of the catalog: which one (concept-id, GranuleUR or file) and why."""
+
+    record: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DroppedDuplicate:
+    """A record dropped because the catalog holds the same granule from a newer (or the same) revision."""
+
+    name: str  # granule name of the dropped record
+    kept: str  # granule name of the record kept instead
+    record: str  # identifier of the dropped record (concept-id, GranuleUR or file)
+
+
 @dataclass(frozen=True)
 class Catalog:
-    """Granules and the parent cells (of the AOI) each one touches."""
+    """Granules and the parent cells (of the AOI) each one touches, with the records left out.
+
+    `skipped` lists the records that could not be used and why; `duplicates` the records dropped
+    because the same granule (same time, RGT, cycle, region and version) was already present from a
+    newer or the same revision. Both survive `write` / `read`.
+    """
 
     granules: pd.DataFrame
     parents: np.ndarray  # covered AOI parent cells, sorted uint64
     parent_order: int
+    skipped: tuple[SkippedRecord, ...] = ()
+    duplicates: tuple[DroppedDuplicate, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "skipped", tuple(self.skipped))
+        object.__setattr__(self, "duplicates", tuple(self.duplicates))
         object.__setattr__(self, "_index", _cell_index(self.granules))
 
     @property
@@ -52,6 +98,29 @@ class Catalog:
 
     def granules_of(self, parent: int) -> list[GranuleRef]:
         return list(self.granule_refs(np.asarray(self._index.get(int(parent), ()), dtype=np.int64)))
+
+    def inputs(self) -> pd.DataFrame:
+        """The catalog's inputs for a resume fingerprint: granule `name` and `size_bytes` (0 = unknown),
+        sorted by name, one row per granule."""
+        g = self.granules
+        out = pd.DataFrame({"name": g.name.astype(str).to_numpy(),
+                            "size_bytes": g.size_bytes.to_numpy(dtype=np.int64)})
+        return out.sort_values("name", kind="stable").reset_index(drop=True)
+
+    def notes(self) -> list[str]:
+        """One line per kind of record left out (duplicates, skipped), empty when every record was used."""
+        lines = []
+        if self.duplicates:
+            names = ", ".join(f"{d.name} (kept {d.kept})" for d in self.duplicates[:_NOTE_LIMIT])
+            more = len(self.duplicates) - _NOTE_LIMIT
+            lines.append(f"{len(self.duplicates)} duplicate granule record(s) removed, newest revision kept: "
+                         f"{names}" + (f" and {more} more" if more > 0 else ""))
+        if self.skipped:
+            items = "; ".join(f"{s.record}: {s.reason}" for s in self.skipped[:_NOTE_LIMIT])
+            more = len(self.skipped) - _NOTE_LIMIT
+            lines.append(f"{len(self.skipped)} unusable granule record(s) skipped: {items}"
+                         + (f"; and {more} more" if more > 0 else ""))
+        return lines
 
     def pairs(self) -> pd.DataFrame:
         """One row per (parent cell, granule) pair, with the rows the pair is expected to hold."""
@@ -102,14 +171,18 @@ class Catalog:
         g = self.granules
         return tuple(GranuleRef(str(g.granule_id.iat[i]), str(g.url.iat[i])) for i in np.unique(rows))
 
+
     def write(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(self.granules, preserve_index=False)
         meta = dict(table.schema.metadata or {})
-        meta[b"polaragg"] = json.dumps(
-            {"parent_order": self.parent_order, "parents": [int(p) for p in self.parents]}
-        ).encode()
+        meta[b"polaragg"] = json.dumps({
+            "parent_order": self.parent_order,
+            "parents": [int(p) for p in self.parents],
+            "skipped": [[s.record, s.reason] for s in self.skipped],
+            "duplicates": [[d.name, d.kept, d.record] for d in self.duplicates],
+        }).encode()
         pq.write_table(table.replace_schema_metadata(meta), path)
         return path
 
@@ -119,57 +192,96 @@ class Catalog:
             table = pq.read_table(path)
         except (OSError, pa.ArrowInvalid) as exc:
             raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
-        meta = json.loads((table.schema.metadata or {}).get(b"polaragg", b"{}"))
-        if "parent_order" not in meta:
-            raise CatalogError(f"{path} is not a polaragg catalog (no polaragg metadata)")
+        try:
+            meta = json.loads((table.schema.metadata or {}).get(b"polaragg", b"{}"))
+            parents = np.asarray(meta["parents"], dtype=np.uint64)
+            parent_order = int(meta["parent_order"])
+            skipped = tuple(SkippedRecord(str(r), str(why)) for r, why in meta.get("skipped", []))
+            duplicates = tuple(DroppedDuplicate(str(n), str(k), str(r)) for n, k, r in meta.get("duplicates", []))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CatalogError(f"{path} is not a polaragg catalog (no or malformed polaragg metadata)") from exc
         granules = table.to_pandas()
         granules["parent_cells"] = granules.parent_cells.map(lambda v: np.asarray(v, dtype=np.uint64))
         granules["parent_shares"] = granules.parent_shares.map(lambda v: np.asarray(v, dtype=np.float64))
-        return cls(granules, np.asarray(meta["parents"], dtype=np.uint64), int(meta["parent_order"]))
+        return cls(granules, parents, parent_order, skipped, duplicates)
 
 
-def build_catalog(records: list[dict], parents: np.ndarray, parent_order: int, *, access: str = "local") -> Catalog:
+@dataclass(frozen=True)
+class _Usable:
+    """A record that can be catalogued: its row, footprint, cells, granule key and preference."""
+
+    row: dict
+    geometry: dict
+    cells: np.ndarray
+    key: tuple[str, ...]
+    preference: tuple[int, int, int]
+    ident: str
+
+
+def build_catalog(records: list[dict], parents: np.ndarray, parent_order: int, *, access: Access = "local") -> Catalog:
     """Catalog of UMM-G records restricted to the given AOI parent cells.
 
-    `access` picks the URL tasks read: "local" (the `local_path` of directory records), "direct" (s3)
-    or "external" (https).
+    `access` picks the URL tasks read: "local" (the `local_path` of directory records), "direct" (s3,
+    falling back to https with an `AccessFallbackWarning` for records without one) or "external" (https).
+    Unusable records are skipped and listed; of several records of one granule the newest revision is
+    kept and the others listed. Raises `CatalogError` only when no record at all can be used.
     """
     parents = np.unique(np.asarray(parents, dtype=np.uint64))
+    skipped: list[SkippedRecord] = []
+    usable: list[_Usable] = []
+    for i, record in enumerate(records):
+        ident = _record_id(record, i)
+        try:
+            row = granule_row(record, access)
+            geometry = _geometry(record)
+            cells = footprint_cells(geometry, parent_order)
+        except CatalogError as exc:
+            skipped.append(SkippedRecord(ident, str(exc)))
+            continue
+        except (ValueError, TypeError) as exc:
+            skipped.append(SkippedRecord(ident, f"unusable footprint: {exc}"))
+            continue
+        usable.append(_Usable(row, geometry, cells, _granule_key(row["name"]),
+                              _preference(record, row["name"], i), ident))
+    if not usable:
+        if not skipped:
+            raise CatalogError("no granule records to catalog")
+        shown = "; ".join(f"{s.record}: {s.reason}" for s in skipped[:_NOTE_LIMIT])
+        raise CatalogError(f"no usable granule record: all {len(skipped)} skipped ({shown})")
+    kept, duplicates = _newest_revisions(usable)
     rows = []
-    for record in records:
-        row = granule_row(record, access)
-        geometry = _geometry(record)
-        touched = np.intersect1d(footprint_cells(geometry, parent_order), parents, assume_unique=True)
-        row["parent_cells"] = touched.astype(np.uint64)
-        row["parent_shares"] = footprint_shares(geometry, touched, parent_order)
-        rows.append(row)
+    for u in kept:
+        touched = np.intersect1d(u.cells, parents, assume_unique=True).astype(np.uint64)
+        rows.append({**u.row, "parent_cells": touched,
+                     "parent_shares": footprint_shares(u.geometry, touched, parent_order)})
     granules = pd.DataFrame(rows, columns=list(COLUMNS))
-    if not len(granules):
-        raise CatalogError("no granule records to catalog")
-    if len(granules):
-        granules = granules.sort_values("name", kind="stable").reset_index(drop=True)
-    return Catalog(granules, parents, parent_order)
+    granules = granules.sort_values("name", kind="stable").reset_index(drop=True)
+    fallback = granules.name[(granules.url != granules.s3_url)].tolist() if access == "direct" else []
+    if fallback:
+        message = (f"{len(fallback)} granule(s) have no direct-access (s3) URL and will be read over https: "
+                   + ", ".join(fallback[:_NOTE_LIMIT]) + (" ..." if len(fallback) > _NOTE_LIMIT else ""))
+        warnings.warn(message, AccessFallbackWarning, stacklevel=2)
+    for s in skipped:
+        logger.info("granule record %s skipped: %s", s.record, s.reason)
+    return Catalog(granules, parents, parent_order, tuple(skipped), duplicates)
 
 
-def granule_row(record: dict, access: str = "local") -> dict:
-    """Catalog columns of one UMM-G record (everything but the parent cells)."""
-    umm = record.get("umm") or {}
-    name = umm.get("GranuleUR")
-    if not name:
-        raise CatalogError("UMM-G record without umm.GranuleUR")
-    match = NAME_RE.match(name)
-    if not match:
-        raise CatalogError(f"{name}: granule name does not follow ATL06_<time>_<rgt><cycle><region>_<version>_<rev>")
-    urls = {u.get("Type"): u.get("URL") for u in umm.get("RelatedUrls", [])}
-    s3_url = urls.get("GET DATA VIA DIRECT ACCESS")
-    https_url = urls.get("GET DATA")
+def granule_row(record: dict, access: Access = "local") -> dict:
+    """Catalog columns of one UMM-G record (everything but the parent cells); `CatalogError` if unusable."""
+    if UNREADABLE in record:
+        raise CatalogError(str(record[UNREADABLE]))
+    umm = record.get("umm")
+    if not isinstance(umm, dict):
+        raise CatalogError("no umm block")
+    s3_url, https_url = _data_urls(umm)
     local = record.get("local_path")
-    url = {"local": local, "direct": s3_url, "external": https_url}.get(access)
+    name, match = _granule_name(umm, (s3_url, https_url, local))
+    url = {"local": local, "direct": s3_url or https_url, "external": https_url}.get(access)
     if not url:
         raise CatalogError(f"{name}: no URL for access {access!r}")
-    rng = umm.get("TemporalExtent", {}).get("RangeDateTime", {})
+    rng = (umm.get("TemporalExtent") or {}).get("RangeDateTime") or {}
     return {
-        "granule_id": record.get("meta", {}).get("concept-id") or name,
+        "granule_id": str((record.get("meta") or {}).get("concept-id") or name),
         "name": name,
         "url": url,
         "s3_url": s3_url,
@@ -180,28 +292,123 @@ def granule_row(record: dict, access: str = "local") -> dict:
         "rgt": int(match["rgt"]),
         "region": int(match["region"]),
         "version": match["version"],
-        "size_bytes": _size_bytes(umm),
+        "size_bytes": granule_size_bytes(umm, name=name) or 0,
         "footprint": json.dumps(_geometry(record), separators=(",", ":")),
-        "expected_rows": _expected_rows(umm),
+        "expected_rows": _expected_rows(rng),
     }
 
 
 def read_directory(path: str | Path) -> list[dict]:
-    """UMM-G records of a local folder: each `<name>.umm.json` beside its `<name>.h5`."""
+    """UMM-G records of a local folder: each `<name>.umm.json` beside its `<name>.h5`.
+
+    A file that is not a JSON object comes back as a record holding only its paths and, under
+    `UNREADABLE`, the reason, so `build_catalog` lists it as skipped instead of failing the folder.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise CatalogError(f"granule folder not found: {folder}")
     records = []
     for meta_path in sorted(folder.glob("*.umm.json")):
+        h5 = meta_path.with_name(meta_path.name.removesuffix(".umm.json") + ".h5")
+        paths = {"local_path": str(h5.resolve()), "metadata_path": str(meta_path)}
         try:
             record = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CatalogError(f"{meta_path}: not valid JSON ({exc})") from exc
-        h5 = meta_path.with_name(meta_path.name.removesuffix(".umm.json") + ".h5")
-        records.append({**record, "local_path": str(h5.resolve())})
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            records.append({**paths, UNREADABLE: f"not valid JSON ({exc})"})
+            continue
+        if not isinstance(record, dict):
+            records.append({**paths, UNREADABLE: f"not a JSON object (a {type(record).__name__})"})
+            continue
+        records.append({**record, **paths})
     if not records:
         raise CatalogError(f"no *.umm.json granule records in {folder}")
     return records
+
+
+def _record_id(record: Any, index: int) -> str:
+    """How to name a record in a report: concept-id, else GranuleUR, else its file, else its position."""
+    if isinstance(record, dict):
+        meta, umm = record.get("meta"), record.get("umm")
+        for value in ((meta or {}).get("concept-id") if isinstance(meta, dict) else None,
+                      (umm or {}).get("GranuleUR") if isinstance(umm, dict) else None,
+                      record.get("metadata_path"), record.get("local_path")):
+            if isinstance(value, str) and value:
+                return value
+    return f"record #{index}"
+
+
+def _granule_name(umm: dict, urls: tuple[str | None, ...]) -> tuple[str, re.Match[str]]:
+    """The ATL06 file name of a record: from GranuleUR, the ProducerGranuleId (or any identifier), or
+    the file name of a data URL, the first that is one."""
+    granule_data = umm.get("DataGranule") or {}
+    identifiers = [i for i in granule_data.get("Identifiers") or [] if isinstance(i, dict)]
+    identifiers.sort(key=lambda i: i.get("IdentifierType") != "ProducerGranuleId")
+    candidates = [umm.get("GranuleUR")] + [i.get("Identifier") for i in identifiers]
+    candidates += [u.rsplit("/", 1)[-1] for u in urls if isinstance(u, str)]
+    for candidate in candidates:
+        if isinstance(candidate, str):
+            match = NAME_RE.match(candidate.strip())
+            if match:
+                return candidate.strip(), match
+    raise CatalogError(
+        f"no ATL06 granule name (ATL06_<time>_<rgt><cycle><region>_<version>_<rev>) in GranuleUR "
+        f"{umm.get('GranuleUR')!r}, DataGranule.Identifiers or the data URLs"
+    )
+
+
+def _data_urls(umm: dict) -> tuple[str | None, str | None]:
+    """The record's s3 and https data URLs (None when absent), preferring the HDF5 file's."""
+    s3: list[str] = []
+    https: list[str] = []
+    for item in umm.get("RelatedUrls") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("URL"), str):
+            continue
+        url, kind = item["URL"].strip(), item.get("Type")
+        if url.startswith("s3://") and kind in (_DIRECT, _EXTERNAL):
+            s3.append(url)
+        elif url.startswith(("https://", "http://")) and kind == _EXTERNAL:
+            https.append(url)
+
+    def pick(urls: list[str]) -> str | None:
+        return next((u for u in urls if u.endswith(".h5")), urls[0] if urls else None)
+
+    return pick(s3), pick(https)
+
+
+def _granule_key(name: str) -> tuple[str, ...]:
+    """What identifies a granule across revisions: time, RGT, cycle, region and version of its name."""
+    m = NAME_RE.match(name)
+    assert m is not None
+    return m["time"], m["rgt"], m["cycle"], m["region"], m["version"]
+
+
+def _preference(record: dict, name: str, index: int) -> tuple[int, int, int]:
+    """Higher wins among records of one granule: revision in the name, then CMR's revision-id, then the
+    earlier record."""
+    m = NAME_RE.match(name)
+    assert m is not None
+    return int(m["revision"]), _int((record.get("meta") or {}).get("revision-id")), -index
+
+
+def _newest_revisions(usable: list[_Usable]) -> tuple[list[_Usable], tuple[DroppedDuplicate, ...]]:
+    """One record per granule (the preferred one) and the dropped others; also one per granule id."""
+    best: dict[tuple[str, ...], _Usable] = {}
+    for u in usable:
+        if u.key not in best or u.preference > best[u.key].preference:
+            best[u.key] = u
+    kept_ids: dict[str, str] = {}
+    keep, dropped = [], []
+    for u in usable:
+        winner = best[u.key]
+        if u is not winner:
+            dropped.append(DroppedDuplicate(u.row["name"], winner.row["name"], u.ident))
+        elif u.row["granule_id"] in kept_ids:  # two different granule names under one concept-id
+            dropped.append(DroppedDuplicate(u.row["name"], kept_ids[u.row["granule_id"]], u.ident))
+        else:
+            kept_ids[u.row["granule_id"]] = u.row["name"]
+            keep.append(u)
+    dropped.sort(key=lambda d: (d.name, d.record))
+    return keep, tuple(dropped)
 
 
 def _geometry(record: dict) -> dict:
@@ -211,28 +418,23 @@ def _geometry(record: dict) -> dict:
     except (KeyError, TypeError):
         domain = None
     if not isinstance(domain, dict) or not ({"Geometry", "Orbit"} & domain.keys()):
-        name = (record.get("umm") or {}).get("GranuleUR", "?")
-        raise CatalogError(f"{name}: no umm.SpatialExtent.HorizontalSpatialDomain Geometry or Orbit")
+        raise CatalogError("no umm.SpatialExtent.HorizontalSpatialDomain Geometry or Orbit")
     return domain
 
 
-def _size_bytes(umm: dict) -> int:
-    units = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9}
-    for info in umm.get("DataGranule", {}).get("ArchiveAndDistributionInformation", []):
-        if "SizeInBytes" in info:
-            return int(info["SizeInBytes"])
-        if "Size" in info:
-            return int(float(info["Size"]) * units.get(str(info.get("SizeUnit", "MB")).upper(), 1e6))
-    return 0
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
 
 
-def _expected_rows(umm: dict) -> int:
+def _expected_rows(rng: dict) -> int:
     """Rows over all beams of a full granule, estimated from its duration (one 20 m segment per ~2.8 ms)."""
-    rng = umm.get("TemporalExtent", {}).get("RangeDateTime", {})
     try:
         t0 = pd.Timestamp(rng["BeginningDateTime"])
         t1 = pd.Timestamp(rng["EndingDateTime"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         return 0
     ground_speed_m_s = 6900.0
     return int(max(0.0, (t1 - t0).total_seconds()) * ground_speed_m_s / 20.0 * 6)

@@ -154,12 +154,13 @@ def search_granules(query: CmrQuery, settings: CmrSettings = CmrSettings()) -> l
             headers = session.page_headers or {}
             hits = _int_or_none(headers.get("CMR-Hits"), hits)
             for granule in page:
-                record = {"meta": granule["meta"], "umm": granule["umm"]}
-                key = str(record["meta"].get("concept-id") or record["umm"].get("GranuleUR"))
-                if key in seen:
+                record = {"meta": granule.get("meta") or {}, "umm": granule.get("umm") or {}}
+                key = record["meta"].get("concept-id") or record["umm"].get("GranuleUR")
+                if key is not None and str(key) in seen:
                     logger.warning("CMR %s: duplicate granule %s dropped", label, key)
                     continue
-                seen.add(key)
+                if key is not None:
+                    seen.add(str(key))
                 records.append(record)
             logger.debug(
                 "CMR %s: page %d, %d items, %d/%s records", label, pages, len(page), len(records), hits
@@ -189,24 +190,44 @@ def search_granules(query: CmrQuery, settings: CmrSettings = CmrSettings()) -> l
         session.close()
 
 
-def granule_size_bytes(record: Mapping[str, Any]) -> int | None:
-    """Total size of a UMM-G record's files in bytes, from ``SizeInBytes`` or ``Size`` + ``SizeUnit``.
+def granule_size_bytes(record: Mapping[str, Any], name: str | None = None) -> int | None:
+    """Size in bytes of a UMM-G record's files, from ``SizeInBytes`` or ``Size`` + ``SizeUnit``.
 
-    Independent of earthaccess's ``DataGranule.size`` (a method in 0.17, a property in 0.19). Units
-    are binary (KB = 1024 B), as earthaccess assumes. ``None`` when the record carries no size.
+    Reads ``DataGranule.ArchiveAndDistributionInformation``; with ``name`` (the granule's file name,
+    with or without ``.h5``) only the matching entry counts when there is one, else all entries are
+    summed. Units are binary (KB = 1024 B), as earthaccess assumes. ``None`` (unknown) when there is no
+    entry or one has neither ``SizeInBytes`` nor a ``Size`` with a known unit: ``SizeUnit: "NA"`` or a
+    missing unit is unknown, never taken as MB. Accepts a ``{"meta", "umm"}`` record or the ``umm`` itself.
     """
-    units = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
     umm = record.get("umm", record)
-    infos = (umm.get("DataGranule") or {}).get("ArchiveAndDistributionInformation") or []
-    total, found = 0, False
-    for info in infos:
-        if info.get("SizeInBytes") is not None:
-            total += int(info["SizeInBytes"])
-            found = True
-        elif info.get("Size") is not None and str(info.get("SizeUnit", "MB")).upper() in units:
-            total += int(round(float(info["Size"]) * units[str(info.get("SizeUnit", "MB")).upper()]))
-            found = True
-    return total if found else None
+    infos = [i for i in ((umm.get("DataGranule") or {}).get("ArchiveAndDistributionInformation") or [])
+             if isinstance(i, Mapping)]
+    if name is not None:
+        stem = name.removesuffix(".h5")
+        named = [i for i in infos if isinstance(i.get("Name"), str) and i["Name"].removesuffix(".h5") == stem]
+        infos = named or infos
+    sizes = [_entry_bytes(i) for i in infos]
+    if not sizes or any(s is None for s in sizes):
+        return None
+    return int(sum(sizes))
+
+
+_SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
+
+
+def _entry_bytes(info: Mapping[str, Any]) -> int | None:
+    """Bytes of one ArchiveAndDistributionInformation entry, None when unknown."""
+    for value, unit in ((info.get("SizeInBytes"), "B"), (info.get("Size"), info.get("SizeUnit"))):
+        if value is None or isinstance(value, bool):
+            continue
+        factor = _SIZE_UNITS.get(str(unit).strip().upper()) if unit is not None else None
+        try:
+            size = float(value)
+        except (TypeError, ValueError):
+            continue
+        if factor is not None and math.isfinite(size) and size >= 0:
+            return int(round(size * factor))
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
