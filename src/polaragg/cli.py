@@ -22,8 +22,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .viz import plot_store
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(_demo_recipe_path())
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"[1/4] Synthetic ATL06 granules (cached after the first run) ...", flush=True)
     folder = synthetic_folder(recipe.source)
@@ -31,7 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"      {n} granules in {folder} ({time.perf_counter() - t0:.1f}s)", flush=True)
     store = str(out / "demo.zarr")
     print(f"[2/4] Catalog, plan and compute on '{args.executor or recipe.executor.name}' ...", flush=True)
-    summary = run(recipe, store=store, executor=args.executor)
+    summary = run(recipe, store=store, executor=args.executor, overwrite=True)  # only ever a polaragg store
     print("[3/4] Map ...", flush=True)
     png = plot_store(store, var="h_mean", out=out / "demo_h_mean.png", title="polaragg demo: h_mean (order 12)")
     print(f"      {png}")
@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     summary = run(args.recipe, store=args.store, executor=args.executor, max_workers=args.workers,
-                  resume=args.resume)
+                  resume=args.resume, overwrite=True if args.overwrite else None)
     print(summary.format())
     print(_cost_text(summary.store))
     return 0 if summary.cells_failed == 0 else 3
@@ -57,8 +57,9 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     from .sources import load_catalog
 
     recipe = load_recipe(args.recipe)
-    catalog = load_catalog(recipe)
     out = Path(args.out or f"polaragg-out/{recipe.name}.catalog.parquet")
+    _check_output_file(out, args.overwrite, _is_catalog)
+    catalog = load_catalog(recipe)
     catalog.write(out)
     pairs = catalog.pairs()
     print(f"catalog {out}: {len(catalog.granules)} granules, {len(catalog.parents)} AOI parent cells "
@@ -73,7 +74,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from .cost import estimate, load_prices
 
-    plan = plan_recipe(args.recipe)
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if args.map:
+        _check_output_file(Path(args.map), args.overwrite, _is_polaragg_png)
+    plan = plan_recipe(recipe)
+    print(f"executor:            {recipe.executor.name} (memory per task {recipe.executor.memory_per_task})")
     print(describe_plan(plan, top=args.top))
     print()
     print(estimate(plan, prices=load_prices(args.prices)).format())
@@ -168,80 +175,176 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from .viz import plot_store
+    from . import viz
 
-    print(plot_store(args.store, var=args.var, out=args.out))
+    out = args.out or _default_map_path(args.store, args.var)
+    _check_output_file(Path(out), args.overwrite, _is_polaragg_png)
+    print(viz.plot_store(args.store, var=args.var, out=out))
     return 0
+
+
+def _default_map_path(store: str, var: str) -> str:
+    from . import viz
+
+    default = getattr(viz, "default_map_path", None)
+    if default is not None:
+        return default(store, var)
+    name = store.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
+    local = store.rstrip("/").removesuffix(".zarr") if "://" not in store else name
+    return f"{local}_{var}.png"
+
+
+def _check_output_file(path: Path, overwrite: bool, ours) -> None:
+    """Refuse to write over a file that polaragg did not make, or over one of ours unless asked."""
+    from .store import StoreError
+
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; give a file name")
+    if not path.exists():
+        return
+    if not ours(path):
+        raise StoreError(f"{path} exists and was not written by polaragg; choose another file name")
+    if not overwrite:
+        raise StoreError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _is_catalog(path: Path) -> bool:
+    try:
+        import pyarrow.parquet as pq
+
+        return b"polaragg" in (pq.read_schema(path).metadata or {})
+    except Exception:
+        return False
+
+
+def _is_polaragg_png(path: Path) -> bool:
+    """A PNG polaragg drew: matplotlib writes its Software text chunk, with polaragg's title metadata."""
+    try:
+        head = path.read_bytes()[:4096]
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and b"polaragg" in head
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polaragg", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
+    executor_help = "executor to run on (default: the recipe's executor.name)"
 
     p = sub.add_parser("demo", help="synthesise the embedded ATL06 demo data, aggregate it, map it")
     p.add_argument("--out", default="polaragg-out", help="output folder (default: polaragg-out)")
-    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None)
+    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None, help=executor_help)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a recipe into its Zarr store")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="recipe file (YAML)")
     p.add_argument("--store", default=None, help="output store path or URL (overrides the recipe)")
-    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None, help=executor_help)
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: the number of cores)")
     p.add_argument("--resume", action="store_true",
-                   help="run only tasks without an ok/empty ledger record for this recipe")
+                   help="run only tasks without an ok/empty ledger record for this recipe and its inputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing polaragg store at the path (never anything else)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="progress and failures (grouped by reason) of a store")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or URL")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("validate", help="check a store is complete and consistent; exit 1 with reasons if not")
-    p.add_argument("store")
+    p.add_argument("store", help="store path or URL")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("catalog", help="search granules once and write the catalog (Parquet)")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="recipe file (YAML)")
     p.add_argument("--out", default=None, help="catalog file (default: polaragg-out/<name>.catalog.parquet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing polaragg catalog file")
     p.set_defaults(func=cmd_catalog)
 
     p = sub.add_parser("plan", help="show the plan without reading any granule")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="recipe file (YAML)")
     p.add_argument("--top", type=int, default=10, help="how many of the largest tasks to list")
     p.add_argument("--map", default=None, metavar="PNG", help="also draw the planned parent cells")
     p.add_argument("--prices", default=None, metavar="YAML", help="price overrides for the estimate")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing map drawn by polaragg")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("synth", help="write synthetic ATL06 granules and UMM-G records")
-    p.add_argument("out")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cycle", type=int, default=22)
-    p.add_argument("--rgt-start", type=int, default=1)
-    p.add_argument("--rgt-stop", type=int, default=1388)
-    p.add_argument("--rgt-step", type=int, default=20)
-    p.add_argument("--regions", type=int, nargs="+", default=[10, 11, 12])
-    p.add_argument("--bbox", type=float, nargs=4, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"))
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cycle", type=int, default=22, help="ICESat-2 cycle (default 22)")
+    p.add_argument("--rgt-start", type=int, default=1, help="first reference ground track")
+    p.add_argument("--rgt-stop", type=int, default=1388, help="last reference ground track (exclusive)")
+    p.add_argument("--rgt-step", type=int, default=20, help="step between reference ground tracks")
+    p.add_argument("--regions", type=int, nargs="+", default=[10, 11, 12], help="ATL06 regions (default 10 11 12)")
+    p.add_argument("--bbox", type=float, nargs=4, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"),
+                   help="clip the granules to a lon/lat box")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("map", help="polar stereographic map of a store variable")
-    p.add_argument("store")
-    p.add_argument("--var", default="h_mean")
-    p.add_argument("--out", default="map.png")
+    p.add_argument("store", help="store path or URL")
+    p.add_argument("--var", default="h_mean", help="variable to draw (default h_mean)")
+    p.add_argument("--out", default=None, help="PNG file (default: next to the store, <store>_<var>.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing map drawn by polaragg")
     p.set_defaults(func=cmd_map)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .catalog import CatalogError
-    from .recipe import RecipeError
-    from .runner import ResumeError
+    """Run the command; an error a user can cause is one line on stderr (a traceback only with --debug)."""
+    import warnings
 
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    if args.debug:
+        return args.func(args)
     try:
         return args.func(args)
-    except (RecipeError, CatalogError, ResumeError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"polaragg {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"polaragg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line; --debug shows the traceback
+        print(f"polaragg {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if category.__name__ in ("PolaraggWarning", "UserWarning", "RuntimeWarning"):
+        print(f"polaragg: warning: {message}", file=sys.stderr)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line naming what is wrong: the file, bucket or service, never a credential."""
+    import errno
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    name = type(exc).__name__
+    if isinstance(exc, PermissionError):
+        where = exc.filename or text
+        return f"permission denied: cannot write or read {where} (check the folder's permissions or the credentials)"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device writing {exc.filename or 'the store'}"
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return f"read-only file system: cannot write {exc.filename or 'the store'}"
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return "no S3 credentials found (set AWS_* variables or a profile)"
+    if name in ("ClientError", "InvalidAccessKeyId", "SignatureDoesNotMatch") or "InvalidAccessKeyId" in text \
+            or "SignatureDoesNotMatch" in text:
+        return f"S3 refused the request ({_clip(text)}): check the credentials and bucket"
+    if "NoSuchBucket" in text or name == "NoSuchBucket":
+        return f"the bucket does not exist ({_clip(text)})"
+    if name in ("EndpointConnectionError", "EndpointUnreachable", "ConnectTimeoutError"):
+        return f"{_clip(text)}; when it is back, run again with --resume"
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {exc.filename or text}"
+    if isinstance(exc, KeyError):
+        return f"not found: {text}"
+    return _clip(text) if isinstance(exc, (ValueError, RuntimeError, OSError)) else f"{name}: {_clip(text)}"
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 if __name__ == "__main__":

@@ -119,19 +119,15 @@ def lambda_host(opts: LambdaOptions) -> str:
     return f"lambda.{opts.region}.amazonaws.com"
 
 
-def lambda_executor(
-    opts: LambdaOptions,
-    *,
-    credentials_env: bool = True,
-    allowed_mem: int | None = None,
-    timeout: float = PREFLIGHT_TIMEOUT_S,
-):
-    """Cubed's LithopsExecutor for AWS Lambda, after checking that the Lambda endpoint answers.
+def lambda_preflight(
+    opts: LambdaOptions, *, allowed_mem: int | None = None, timeout: float = PREFLIGHT_TIMEOUT_S
+) -> str:
+    """Check, creating nothing, that AWS Lambda can run the tasks; returns the Lambda host.
 
-    Raises `ExecutorError` (naming AWS Lambda and its host) within ~2 x `timeout` seconds when the
-    endpoint cannot be resolved or connected to, when no execution role is configured, when
+    Raises `ExecutorError` (one line naming AWS Lambda and its host) within ~2 x `timeout` seconds
+    when the endpoint cannot be resolved or connected to, when no execution role is configured, when
     `allowed_mem` (Cubed's per-task memory, bytes) exceeds the function memory, or when Lithops is
-    not installed. Building the executor contacts nothing; Lithops connects at compute time.
+    not installed.
     """
     host = lambda_host(opts)
     check_reachable(
@@ -152,11 +148,28 @@ def lambda_executor(
             f"{allowed_mem / 1e6:.0f} MB each task may use (executor.memory_per_task); raise memory_mb"
         )
     try:
-        from cubed.runtime.executors.lithops import LithopsExecutor
+        import cubed.runtime.executors.lithops  # noqa: F401
     except ImportError:
         raise _executor_error(
             "AWS Lambda needs the 'lithops' extra: pip install 'polaragg[lithops]' 'lithops[aws]'"
         ) from None
+    return host
+
+
+def lambda_executor(
+    opts: LambdaOptions,
+    *,
+    credentials_env: bool = True,
+    allowed_mem: int | None = None,
+    timeout: float = PREFLIGHT_TIMEOUT_S,
+):
+    """Cubed's LithopsExecutor for AWS Lambda, after `lambda_preflight`.
+
+    Building the executor contacts nothing; Lithops connects at compute time.
+    """
+    lambda_preflight(opts, allowed_mem=allowed_mem, timeout=timeout)
+    from cubed.runtime.executors.lithops import LithopsExecutor
+
     return LithopsExecutor(config=lithops_config(opts, credentials_env=credentials_env))
 
 
@@ -301,6 +314,19 @@ def coiled_server() -> str:
     except ImportError:
         server = os.environ.get("DASK_COILED__SERVER")
     return str(server or COILED_DEFAULT_SERVER)
+
+
+def coiled_preflight(timeout: float = PREFLIGHT_TIMEOUT_S) -> str:
+    """Check, creating nothing, that Coiled answers and a token is configured; returns the API host.
+
+    Raises `ExecutorError` (one line naming Coiled and its host) within ~2 x `timeout` seconds.
+    """
+    host = _coiled_preflight(timeout)
+    try:
+        import coiled  # noqa: F401
+    except ImportError:
+        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+    return host
 
 
 def _coiled_preflight(timeout: float) -> str:

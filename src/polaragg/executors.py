@@ -2,18 +2,33 @@
 
 Cubed: `single-threaded`, `threads`, `processes`, `lithops-local`, `lambda`.
 Dask: `dask` (local threads), `dask-distributed` (LocalCluster or an address), `coiled`.
+
+Local worker processes are recycled before they grow (`processes`: a fresh worker every
+`TASKS_PER_WORKER` tasks; Lithops localhost runs every task in a fresh interpreter; a LocalCluster
+worker is restarted by its nanny past its memory limit) and die with their client (`guard_workers`).
+`preflight(choice)` checks, before anything is created, that a cloud executor's service answers.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 CUBED_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "lambda")
 DASK_EXECUTORS = ("dask", "dask-distributed", "coiled")
 ALL_EXECUTORS = CUBED_EXECUTORS + DASK_EXECUTORS
+LOCAL_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed")
+
+# A `processes` worker is replaced after this many tasks: a reused worker keeps part of each task's
+# heap (measured by benchmarks/memory.py), and a fresh spawn costs about a second of imports.
+TASKS_PER_WORKER = 8
+CLIENT_MARKER = "POLARAGG_CLIENT"  # environment variable naming the client that started a process
+REAP_INTERVAL_S = 0.25
 
 
 class ExecutorError(RuntimeError):
@@ -52,7 +67,8 @@ def cubed_executor(choice: ExecutorChoice):
     if choice.name == "processes":
         from cubed.runtime.executors.local import ProcessesExecutor
 
-        return ProcessesExecutor(max_workers=choice.workers)
+        guard_workers()
+        return ProcessesExecutor(max_workers=choice.workers, max_tasks_per_child=TASKS_PER_WORKER)
     if choice.name == "lithops-local":
         try:
             from cubed.runtime.executors.lithops import LithopsExecutor
@@ -62,6 +78,7 @@ def cubed_executor(choice: ExecutorChoice):
             "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
             "localhost": {"runtime": sys.executable, "worker_processes": choice.workers},
         }
+        guard_workers()  # Lithops localhost runs each task in its own interpreter, in a new session
         return LithopsExecutor(config=config)
     if choice.name == "lambda":
         from .cloud import LambdaOptions, lambda_executor
@@ -91,8 +108,16 @@ def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
                     return client.compute(arr).result()
             except OSError as exc:
                 raise ExecutorError(f"Dask scheduler at {address} is not reachable: {exc}") from exc
-        with LocalCluster(n_workers=choice.workers, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        guard_workers()
+        import dask
+
+        # The nanny restarts a worker whose memory passes 95 % of a task's budget (a worker runs one
+        # task at a time); no pausing or spilling, which would only stall tasks that hold no data.
+        memory = {"target": False, "spill": False, "pause": False, "terminate": 0.95}
+        with dask.config.set({f"distributed.worker.memory.{k}": v for k, v in memory.items()}), \
+                LocalCluster(n_workers=choice.workers, threads_per_worker=1, processes=True,
+                             dashboard_address=None, memory_limit=choice.allowed_mem or "auto") as cluster, \
+                Client(cluster) as client:
             return client.compute(arr).result()
     if choice.name == "coiled":
         from .cloud import CoiledOptions, coiled_client
@@ -104,3 +129,87 @@ def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
             client.close()
             client.cluster.close()
     raise ExecutorError(f"{choice.name} is not a Dask executor")
+
+
+def preflight(choice: ExecutorChoice) -> None:
+    """Check, within seconds and before anything is created, that the executor's service answers.
+
+    A no-op for local executors. `lambda` and `coiled` raise `ExecutorError` with one line naming the
+    service (and its host) when it cannot be reached or is not configured; nothing is started.
+    """
+    from . import cloud
+
+    if choice.name in LOCAL_EXECUTORS:
+        return
+    if choice.name == "lambda":
+        cloud.lambda_preflight(choice.lambda_options or cloud.LambdaOptions(), allowed_mem=choice.allowed_mem)
+        return
+    if choice.name == "coiled":
+        cloud.coiled_preflight()
+        return
+    raise ExecutorError(f"unknown executor {choice.name!r}; expected one of {', '.join(ALL_EXECUTORS)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes die with their client
+# ------------------------------------------------------------------------------------------------
+
+_GUARD: tuple[int, str] | None = None  # (client pid, marker) of the reaper started by this process
+
+
+def guard_workers() -> str:
+    """Make every process this client starts from now on die with it; returns the client's marker.
+
+    Sets `POLARAGG_CLIENT=<marker>` in this process's environment (inherited by pool workers, Lithops
+    task interpreters and LocalCluster workers, however deep) and starts, once per client process, a
+    reaper: a small process in its own session that waits for the client to end, by any means
+    (SIGKILL included), then kills every process whose initial environment carries the marker. This
+    needs nothing from the pools themselves (Cubed's process pool takes no initializer).
+    """
+    global _GUARD
+    if _GUARD is not None and _GUARD[0] == os.getpid():
+        return _GUARD[1]
+    marker = f"{os.getpid()}-{uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != CLIENT_MARKER}
+    subprocess.Popen(
+        [sys.executable, "-c", "import sys; from polaragg.executors import reap; reap(int(sys.argv[1]), sys.argv[2])",
+         str(os.getpid()), marker],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, close_fds=True,
+    )
+    os.environ[CLIENT_MARKER] = marker
+    _GUARD = (os.getpid(), marker)
+    return marker
+
+
+def reap(client_pid: int, marker: str, interval: float = REAP_INTERVAL_S) -> None:
+    """The reaper's body: wait until `client_pid` (this process's parent) ends, then kill every process
+    started with `POLARAGG_CLIENT=marker`, sweeping until none is left."""
+    import psutil
+
+    while os.getppid() == client_pid:
+        time.sleep(interval)
+    quiet = 0
+    while quiet < 3:  # a pool may start a replacement worker while it is being killed
+        found = _marked(marker, psutil)
+        for proc in found:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        quiet = 0 if found else quiet + 1
+        time.sleep(interval)
+
+
+def _marked(marker: str, psutil) -> list:
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(CLIENT_MARKER) == marker:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

@@ -1,8 +1,18 @@
-"""Filesystem options shared by every reader and writer of remote objects (fsspec, s3fs)."""
+"""Filesystem options shared by every reader and writer of remote objects (fsspec, s3fs, h5coro).
+
+S3 clients get bounded connect and read timeouts and few retries, so a dead endpoint costs seconds,
+not minutes, per request; `read.py` adds a circuit breaker over them.
+"""
 
 from __future__ import annotations
 
 import os
+import urllib.parse
+
+# botocore Config for every S3 client polaragg builds or configures (s3fs `config_kwargs`, h5coro's
+# S3 driver): a TCP connect that does not finish in 3 s, or a response silent for 10 s, fails, and
+# each request is tried at most 3 times (botocore's "standard" mode: the first try + 2 retries).
+S3_CLIENT_CONFIG: dict = {"connect_timeout": 3, "read_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}}
 
 
 def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
@@ -11,11 +21,13 @@ def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
     s3fs, like every botocore client, already honours AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL. Passing
     the endpoint explicitly only makes it part of fsspec's instance-cache key, so a process whose
     environment changes endpoint (tests, notebooks) never reuses a filesystem bound to the old one.
-    Credentials are never added here: they stay with botocore's credential chain.
+    Credentials are never added here: they stay with botocore's credential chain. Timeouts and retries
+    (`S3_CLIENT_CONFIG`) are added to `config_kwargs` where the caller did not set them.
     """
     options = dict(storage_options or {})
     if not url.startswith(("s3://", "s3a://")):
         return options
+    options["config_kwargs"] = {**S3_CLIENT_CONFIG, **(options.get("config_kwargs") or {})}
     if "endpoint_url" in options or "endpoint_url" in (options.get("client_kwargs") or {}):
         return options
     if os.environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").strip().lower() == "true":
@@ -29,3 +41,23 @@ def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
 class EndpointUnreachable(ConnectionError):
     """An object-store endpoint that does not answer: the run stops (resume finishes it) instead of
     failing every granule after its own timeouts and retries."""
+
+
+def s3_endpoint(storage_options: dict | None = None) -> str:
+    """The S3 endpoint that a client configured by `fsspec_options` talks to, without credentials:
+    the explicit or environment endpoint URL, else AWS's regional endpoint."""
+    options = fsspec_options("s3://", storage_options)
+    endpoint = options.get("endpoint_url") or (options.get("client_kwargs") or {}).get("endpoint_url")
+    if not endpoint:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        endpoint = f"https://s3.{region}.amazonaws.com" if region else "https://s3.amazonaws.com"
+    return public_url(str(endpoint))
+
+
+def public_url(url: str) -> str:
+    """scheme://host[:port] of a URL: no user, password, path or query (which may carry secrets)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return parts.scheme or "unknown endpoint"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")

@@ -1,21 +1,34 @@
 """Per-task records written by the tasks themselves next to the store (`<store>.ledger/`).
 
 Workers on any executor, Lambda included, cannot talk back to the client, so each task leaves a
-small JSON record: which parent cell, status (ok / empty / partial / failed), observations,
-granules read and failed with reasons, attempt, seconds, peak memory, executor. `status`,
-`validate`, `--resume` and the cost report read these records.
+small JSON record: which parent cell, status (ok / empty / partial / failed), observations, rows
+filtered and invalid, the granules it read and those that failed with reasons, rows it saw that
+belong to other tasks whose granule lists lack the granule (footprint misses), attempt, seconds,
+peak memory, executor and a checksum of the chunk it wrote. `status`, `validate`, `--resume` and
+the cost report read these records. The folder also holds the run's lock and its list of inputs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Literal
 
 import fsspec
 
 from .fs import fsspec_options
 
 LEDGER_SUFFIX = ".ledger"
+LOCK_NAME = "_run.lock"
+INPUTS_NAME = "_inputs.jsonl"
+_RECORD_NAME = re.compile(r"^\d{20}-\d{5}\.json$")
+
+TaskStatus = Literal["ok", "empty", "partial", "failed"]
+
+
+class LedgerError(ValueError):
+    """A ledger file that polaragg did not write or cannot read; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,7 @@ class TaskRecord:
     parent: int
     child_lo: int
     child_hi: int
-    status: str
+    status: TaskStatus
     observations: int
     rows_in_cell: int
     granules: int
@@ -34,10 +47,21 @@ class TaskRecord:
     attempt: int = 1
     executor: str = ""
     fingerprint: str = ""
+    rows_filtered: int = 0  # rows in the task's cells dropped by the filters (quality, fill values, sigma)
+    rows_invalid: int = 0  # rows without valid time in the task's cells, or coordinates (once per granule)
+    granule_ids: list[str] = field(default_factory=list)  # granules read completely
+    footprint_misses: list[dict] = field(default_factory=list)  # {granule, parent, child_lo, rows}
+    checksum: str = ""  # of the chunk written (store.checksum)
+    projected_memory_bytes: int = 0
+    run_id: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.parent:020d}-{self.child_lo:05d}"
+
+
+_FIELDS = {f.name for f in fields(TaskRecord)}
+_REQUIRED = {f.name for f in fields(TaskRecord) if f.default is MISSING and f.default_factory is MISSING}
 
 
 def ledger_location(store_url: str, storage_options: dict | None = None):
@@ -63,20 +87,83 @@ def write_record(store_url: str, record: TaskRecord, storage_options: dict | Non
         json.dump(asdict(record), f)
 
 
-def clear_records(store_url: str, storage_options: dict | None = None) -> None:
-    """Remove a store's task records (a fresh, non-resumed run)."""
+def _names(fs, root: str) -> list[str]:
+    if not fs.exists(root):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+
+
+def foreign_ledger_files(store_url: str, storage_options: dict | None = None) -> list[str]:
+    """Names in the ledger folder that polaragg did not write (records, lock, inputs)."""
     fs, root = ledger_location(store_url, storage_options)
-    if fs.exists(root):
+    if fs.exists(root) and not fs.isdir(root):
+        return [root.rsplit("/", 1)[-1]]
+    return [n for n in _names(fs, root) if not (_RECORD_NAME.match(n) or n in (LOCK_NAME, INPUTS_NAME))]
+
+
+def clear_records(store_url: str, storage_options: dict | None = None) -> None:
+    """Remove a store's task records and inputs list (the lock stays with its holder)."""
+    fs, root = ledger_location(store_url, storage_options)
+    for name in _names(fs, root):
+        if _RECORD_NAME.match(name) or name == INPUTS_NAME:
+            fs.rm(f"{root}/{name}")
+    if fs.exists(root) and not _names(fs, root):
         fs.rm(root, recursive=True)
 
 
 def read_records(store_url: str, storage_options: dict | None = None) -> list[TaskRecord]:
-    """All task records of a store, sorted by parent cell and child range."""
+    """All task records of a store, sorted by parent cell and child range.
+
+    A record that is not valid JSON or not a polaragg task record raises LedgerError naming it.
+    """
     fs, root = ledger_location(store_url, storage_options)
-    if not fs.exists(root):
-        return []
     records = []
-    for path in sorted(fs.glob(f"{root}/*.json")):
-        with fs.open(path, "r") as f:
-            records.append(TaskRecord(**json.load(f)))
+    for name in _names(fs, root):
+        if not name.endswith(".json"):
+            continue
+        path = f"{root}/{name}"
+        if not _RECORD_NAME.match(name):
+            raise LedgerError(f"{path}: not a polaragg task record (unexpected file name)")
+        try:
+            with fs.open(path, "r") as f:
+                data = json.load(f)
+        except ValueError as exc:
+            raise LedgerError(f"{path}: not valid JSON ({exc})") from None
+        records.append(_record(path, data))
     return records
+
+
+def _record(path: str, data: object) -> TaskRecord:
+    if not isinstance(data, dict):
+        raise LedgerError(f"{path}: not a polaragg task record (not a JSON object)")
+    missing = sorted(_REQUIRED - data.keys())
+    unknown = sorted(data.keys() - _FIELDS)
+    if missing or unknown:
+        what = "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                       unknown and f"unknown {', '.join(unknown)}"]))
+        raise LedgerError(f"{path}: not a polaragg task record ({what})")
+    record = TaskRecord(**data)
+    if record.status not in ("ok", "empty", "partial", "failed") or not isinstance(record.parent, int):
+        raise LedgerError(f"{path}: not a polaragg task record (status {record.status!r})")
+    return record
+
+
+def write_inputs(store_url: str, inputs: list[dict], storage_options: dict | None = None) -> None:
+    """The run's inputs (granule names and sizes), one JSON object a line, for `--resume` to compare."""
+    fs, root = ledger_location(store_url, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root}/{INPUTS_NAME}", "w") as f:
+        f.write("".join(json.dumps(i, sort_keys=True) + "\n" for i in inputs))
+
+
+def read_inputs(store_url: str, storage_options: dict | None = None) -> list[dict] | None:
+    """The inputs recorded when the store was made, or None when none were recorded."""
+    fs, root = ledger_location(store_url, storage_options)
+    path = f"{root}/{INPUTS_NAME}"
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as f:
+        try:
+            return [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        except ValueError as exc:
+            raise LedgerError(f"{path}: not valid JSON lines ({exc})") from None

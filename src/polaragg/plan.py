@@ -11,6 +11,7 @@ runs in threads, processes, Lithops workers or Dask workers. Two lazy arrays are
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import uuid
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .aggregate import Filters, GranuleRef, RetryPolicy, TaskResult, reduce_parent
+from .aggregate import Filters, GranuleRef, RetryPolicy, TaskLayout, TaskResult, reduce_parent
 from .catalog import Catalog
 from .grid import Grid
 from .ledger import TaskRecord, write_record
@@ -49,6 +50,8 @@ class Task:
     granules: tuple[GranuleRef, ...]
     expected_rows: float
     projected_bytes: int = 0  # peak memory projected by the plan's memory model
+    # Granules this task checks against their footprints, each with the indices of the tasks listing it.
+    check: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,41 @@ class Plan:
     def cell_ids(self) -> np.ndarray:
         return self.grid.children_of(self.parents)
 
+    @property
+    def layout(self) -> TaskLayout:
+        return TaskLayout(self.parents, self.split, self.grid)
+
     def run_task(self, index: int) -> TaskResult:
         task = self.tasks[index]
+        check = {g: frozenset(listed) for g, listed in task.check}
         return reduce_parent(
             task.parent, list(task.granules), self.grid, reader=self.reader, filters=self.filters,
             storage_options=self.storage_options, child_range=(task.child_lo, task.child_hi), retry=self.retry,
+            check=check, layout=self.layout if check else None,
         )
+
+    def task_place(self, index: int) -> dict[str, int]:
+        """Parent cell and first child of the task with a given index (of the whole plan)."""
+        return {"parent": int(self.parents[index // self.split]), "child_lo": (index % self.split) * self.chunk_cells}
+
+    def task_index(self, parent: int, child_lo: int) -> int:
+        """Index of the task covering children [child_lo, ...) of `parent` (a task of this plan)."""
+        pos = int(np.searchsorted(self.parents, np.uint64(parent)))
+        if pos >= self.parents.size or int(self.parents[pos]) != int(parent):
+            raise KeyError(f"parent cell {parent} is not in the plan")
+        return pos * self.split + child_lo // self.chunk_cells
+
+    def with_granules(self, extra: dict[int, tuple[GranuleRef, ...]], rows: dict[int, int] | None = None) -> "Plan":
+        """The plan with more granules given to some tasks (by index), e.g. those their footprints missed."""
+        tasks = list(self.tasks)
+        for i, refs in extra.items():
+            t = tasks[i]
+            have = {g.granule_id for g in t.granules}
+            added = tuple(g for g in refs if g.granule_id not in have)
+            rows_more = float((rows or {}).get(i, 0))
+            tasks[i] = dataclasses.replace(t, granules=t.granules + added, expected_rows=t.expected_rows + rows_more,
+                                           projected_bytes=self.memory.projected(t.expected_rows + rows_more))
+        return dataclasses.replace(self, tasks=tuple(tasks))
 
     def largest_first(self) -> list[int]:
         """Task order for execution: most expected rows first, so the longest tasks do not start last."""
@@ -131,7 +163,22 @@ def make_plan(
             raise PlanError(f"a task with {max(t.expected_rows for t in tasks):,.0f} expected rows cannot fit "
                             f"in {memory_per_task / 2**20:.0f} MiB even split per child cell")
         split *= 2
-    return Plan(grid, parents, tuple(tasks), reader, filters, storage_options, split, retry, memory)
+    return Plan(grid, parents, tuple(_assign_checks(tasks)), reader, filters, storage_options, split, retry, memory)
+
+
+def _assign_checks(tasks: list[Task]) -> list[Task]:
+    """Give each granule's footprint check to one task that reads it, spread over the tasks."""
+    listing: dict[str, list[int]] = {}
+    for t in tasks:
+        for g in t.granules:
+            listing.setdefault(g.granule_id, []).append(t.index)
+    checks: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+    load = np.zeros(len(tasks))
+    for granule_id, listed in listing.items():
+        checker = min(listed, key=lambda i: (load[i], i))  # the least-loaded task already reading it
+        load[checker] += 1
+        checks.setdefault(checker, []).append((granule_id, tuple(listed)))
+    return [dataclasses.replace(t, check=tuple(checks.get(t.index, ()))) for t in tasks]
 
 
 def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory: MemoryModel,
@@ -168,20 +215,6 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
             tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected,
                               memory.projected(expected)))
     return tasks
-
-
-def parse_bytes(text: str | int) -> int:
-    """'2GB', '512MiB', '1.5 GB' or a plain number of bytes -> bytes."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    value = str(text).strip().upper().replace(" ", "")
-    number = value.rstrip("KMGTIB")
-    unit = value[len(number):]
-    if unit not in units or not number:
-        raise ValueError(f"cannot read {text!r} as a memory size (e.g. '2GB', '512MiB')")
-    return int(float(number) * units[unit])
 
 
 class _StatsBlock:
@@ -250,6 +283,7 @@ class RunTarget:
     fingerprint: str
     storage_options: dict | None = None
     attempts: dict[tuple[int, int], int] = field(default_factory=dict)  # earlier attempts, when resuming
+    run_id: str = ""  # one per dispatch of tasks: tells a task finished in it from an older record
 
 
 class _RunBlock:
@@ -265,8 +299,9 @@ class _RunBlock:
         reset_peak()
         result = self.plan.run_task(index)
         start = task.index * self.plan.chunk_cells
-        write_block(self.target.store, start, result.block, storage_options=self.target.storage_options)
+        digest = write_block(self.target.store, start, result.block, storage_options=self.target.storage_options)
         peak = peak_bytes()
+        tasks = self.plan.tasks
         record = TaskRecord(
             parent=result.parent, child_lo=result.child_lo, child_hi=result.child_hi, status=result.status,
             observations=result.observations, rows_in_cell=result.rows_in_cell, granules=len(task.granules),
@@ -275,7 +310,11 @@ class _RunBlock:
                        "attempts": f.attempts} for f in result.failures],
             seconds=result.seconds, peak_memory_bytes=peak, executor=self.target.executor,
             attempt=self.target.attempts.get((task.parent, task.child_lo), 0) + 1,
-            fingerprint=self.target.fingerprint,
+            fingerprint=self.target.fingerprint, rows_filtered=result.rows_filtered,
+            rows_invalid=result.rows_invalid, granule_ids=list(result.granule_ids),
+            footprint_misses=[{"granule": m.granule_id, **self.plan.task_place(m.task), "rows": m.rows}
+                              for m in result.footprint_misses],
+            checksum=digest, projected_memory_bytes=task.projected_bytes, run_id=self.target.run_id,
         )
         write_record(self.target.store, record, self.target.storage_options)
         summary = [result.observations, result.rows_in_cell, len(task.granules), result.granules_read,

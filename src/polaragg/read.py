@@ -3,6 +3,11 @@
 A reader lists the beam groups present and reads whole variables or half-open row ranges
 (hyperslices) of `/gtx/land_ice_segments/*`. Every reader is a context manager: the caller closes
 every granule it opens, which matters for h5coro, whose cache lines live until `close()`.
+
+Remote granules go through a circuit breaker per endpoint (process-wide): after `BREAKER.threshold`
+consecutive connection failures, opens and reads of that endpoint raise `fs.EndpointUnreachable` at
+once, with one message naming the endpoint, instead of each paying its own timeouts and retries.
+Any answer from the endpoint (data, or an error response) closes the breaker again.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import numpy as np
 
+from .fs import S3_CLIENT_CONFIG, EndpointUnreachable, public_url, s3_endpoint
 from .products import atl06
 
 ReaderName = Literal["h5py", "h5coro"]
@@ -54,14 +62,175 @@ class Granule(Protocol):
 
 
 def open_granule(url: str, reader: ReaderName = "h5py", storage_options: dict | None = None) -> Granule:
-    """Open a granule by local path, `s3://bucket/key` or `https://...` URL with the named reader."""
+    """Open a granule by local path, `s3://bucket/key` or `https://...` URL with the named reader.
+
+    Raises `GranuleError`, or `fs.EndpointUnreachable` when the granule's endpoint is known dead.
+    """
+    if reader not in ("h5py", "h5coro"):
+        raise ValueError(f"unknown reader {reader!r}; expected 'h5py' or 'h5coro'")
+    endpoint = endpoint_of(url, storage_options)
+    if endpoint is not None:
+        BREAKER.check(endpoint)
     with _OPENS_LOCK:
         OPENS[url] += 1
-    if reader == "h5py":
-        return H5pyGranule(url, storage_options)
-    if reader == "h5coro":
-        return H5coroGranule(url, storage_options)
-    raise ValueError(f"unknown reader {reader!r}; expected 'h5py' or 'h5coro'")
+    cls = H5pyGranule if reader == "h5py" else H5coroGranule
+    if endpoint is None:
+        return cls(url, storage_options)
+    return _Guarded(BREAKER.call(endpoint, lambda: cls(url, storage_options)), endpoint)
+
+
+def endpoint_of(url: str, storage_options: dict | None = None) -> str | None:
+    """The endpoint a granule URL is read from (`scheme://host[:port]`), None for local files."""
+    if url.startswith(("s3://", "s3a://")):
+        return s3_endpoint(storage_options)
+    if url.startswith(("http://", "https://")):
+        return public_url(url)
+    return None
+
+
+_CONNECTION_ERROR_NAMES = {
+    # botocore, urllib3, requests, aiohttp: the endpoint did not answer (as opposed to answering an error)
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ProxyConnectionError", "NewConnectionError", "MaxRetryError", "ConnectTimeout", "ReadTimeout",
+    "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError",
+    "ClientOSError", "ConnectionError",
+}
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Whether a failure (or anything in its chain of causes) means the endpoint did not answer."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 10:
+        seen.add(id(current))
+        if isinstance(current, (ConnectionError, TimeoutError)) and not isinstance(current, EndpointUnreachable):
+            return True
+        if type(current).__name__ in _CONNECTION_ERROR_NAMES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class CircuitBreaker:
+    """Consecutive connection failures per endpoint; open (failing at once) from `threshold` on.
+
+    After `cooldown_s` an open endpoint is tried again: one more connection failure re-opens it at
+    once, any answer closes it. Thread-safe; `clock` is injectable for tests.
+    """
+
+    def __init__(self, threshold: int = 3, cooldown_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, int] = {}
+        self._opened: dict[str, tuple[float, str]] = {}  # endpoint -> (when, last failure)
+
+    def failures(self, endpoint: str) -> int:
+        return self._failures.get(endpoint, 0)
+
+    def is_open(self, endpoint: str) -> bool:
+        with self._lock:
+            opened = self._opened.get(endpoint)
+            return opened is not None and self._clock() - opened[0] < self.cooldown_s
+
+    def check(self, endpoint: str) -> None:
+        """Raise `EndpointUnreachable` if the endpoint is open (and not yet due for another try)."""
+        with self._lock:
+            opened = self._opened.get(endpoint)
+            if opened is not None and self._clock() - opened[0] < self.cooldown_s:
+                raise self._error(endpoint, opened[1])
+
+    def success(self, endpoint: str) -> None:
+        with self._lock:
+            self._failures.pop(endpoint, None)
+            self._opened.pop(endpoint, None)
+
+    def failure(self, endpoint: str, exc: BaseException) -> EndpointUnreachable | None:
+        """Count a connection failure; the error to raise instead once the breaker is open."""
+        with self._lock:
+            count = self._failures[endpoint] = self._failures.get(endpoint, 0) + 1
+            if count < self.threshold:
+                return None
+            last = _root_name(exc)
+            self._opened[endpoint] = (self._clock(), last)
+            return self._error(endpoint, last)
+
+    def call(self, endpoint: str, work: Callable[[], object]):
+        """Run `work` (an open or a read of the endpoint) through the breaker."""
+        self.check(endpoint)
+        try:
+            result = work()
+        except EndpointUnreachable:
+            raise
+        except BaseException as exc:
+            if not is_connection_failure(exc):
+                self.success(endpoint)  # the endpoint answered, with an error about this object
+                raise
+            opened = self.failure(endpoint, exc)
+            if opened is not None:
+                raise opened from None
+            raise
+        self.success(endpoint)
+        return result
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures.clear()
+            self._opened.clear()
+
+    def _error(self, endpoint: str, last: str) -> EndpointUnreachable:
+        return EndpointUnreachable(
+            f"endpoint {endpoint} is unreachable: {self._failures.get(endpoint, self.threshold)} consecutive "
+            f"connection failures (last: {last}); stopping instead of failing every granule - run again with "
+            "--resume once it answers"
+        )
+
+
+def _root_name(exc: BaseException) -> str:
+    """The type name of the innermost connection error in a chain of causes."""
+    name = type(exc).__name__
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 10:
+        seen.add(id(current))
+        if type(current).__name__ in _CONNECTION_ERROR_NAMES or isinstance(current, (ConnectionError, TimeoutError)):
+            name = type(current).__name__
+        current = current.__cause__ or current.__context__
+    return name
+
+
+BREAKER = CircuitBreaker()
+
+
+class _Guarded:
+    """A remote granule whose listings and reads go through the endpoint's circuit breaker."""
+
+    def __init__(self, granule: "Granule", endpoint: str) -> None:
+        self._granule = granule
+        self._endpoint = endpoint
+        self.url = granule.url
+
+    def beams(self) -> tuple[str, ...]:
+        return BREAKER.call(self._endpoint, self._granule.beams)
+
+    def read(self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None):
+        return BREAKER.call(self._endpoint, lambda: self._granule.read(beam, variables, rows))
+
+    def close(self) -> None:
+        self._granule.close()
+
+    def __enter__(self) -> "_Guarded":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        if name in ("_granule", "_endpoint"):  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self._granule, name)  # reader internals (e.g. h5coro's driver) for diagnostics
 
 
 class _GranuleBase:
@@ -318,6 +487,7 @@ def _s3_driver_class():
     None (which later surfaces as a TypeError with no reason), and reusing boto3 sessions."""
     global _S3_DRIVER_CLASS
     if _S3_DRIVER_CLASS is None:
+        from botocore.config import Config
         from h5coro import s3driver
 
         class ClassifyingS3Driver(s3driver.S3Driver):
@@ -331,6 +501,9 @@ def _s3_driver_class():
                         while len(_S3_SESSIONS) >= _S3_SESSIONS_MAX:
                             _S3_SESSIONS.pop(next(iter(_S3_SESSIONS)))
                         _S3_SESSIONS[key] = self.session
+                    # h5coro's own client, with polaragg's timeouts and retries (shared with s3fs)
+                    self.client = self.session.client("s3", use_ssl=False, config=Config(
+                        max_pool_connections=self.max_connections, tcp_keepalive=True, **S3_CLIENT_CONFIG))
 
             def read(self, offset, size):
                 if self._closed:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .aggregate import Filters, RetryPolicy
 from .cloud import CoiledOptions, LambdaOptions
@@ -21,6 +21,27 @@ from .grid import Grid
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the fields at fault."""
+
+
+MAX_RECIPE_BYTES = 1_000_000  # a recipe is configuration; anything larger is a mistake
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GB', '512MiB', '1.5 GB' or a plain number of bytes -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    value = str(text).strip().upper().replace(" ", "")
+    number = value.rstrip("KMGTIB")
+    unit = value[len(number):]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in units or amount <= 0:
+        raise ValueError(f"cannot read {text!r} as a memory size (e.g. '2GB', '512MiB')")
+    return int(amount * units[unit])
 
 
 class _Model(BaseModel):
@@ -98,6 +119,33 @@ class Aoi(_Model):
     geojson: str | None = None
     crs: str | None = None
 
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, value: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if value is None:
+            return value
+        lon0, lat0, lon1, lat1 = value
+        if not (-90 <= lat0 < lat1 <= 90):
+            raise ValueError(f"latitudes must satisfy -90 <= lat_min < lat_max <= 90 in [lon_min, lat_min, lon_max, "
+                             f"lat_max], got {lat0}, {lat1}")
+        if not (-180 <= lon0 <= 180 and -180 <= lon1 <= 180):
+            raise ValueError(f"longitudes must lie in -180..180 in [lon_min, lat_min, lon_max, lat_max], "
+                             f"got {lon0}, {lon1}")
+        return value
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, value: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if value is None:
+            return value
+        distinct = {(round(lon, 9), round(lat, 9)) for lon, lat in value}
+        if len(distinct) < 3:
+            raise ValueError(f"a polygon needs at least 3 distinct [lon, lat] points, got {len(distinct)}")
+        for lon, lat in value:
+            if not (-180.0 <= lon <= 360.0 and -90.0 <= lat <= 90.0):
+                raise ValueError(f"point [{lon}, {lat}] is outside lon -180..360, lat -90..90")
+        return value
+
     @model_validator(mode="after")
     def _exactly_one(self) -> "Aoi":
         given = [k for k in ("bbox", "polygon", "basins", "geojson") if getattr(self, k) is not None]
@@ -107,10 +155,6 @@ class Aoi(_Model):
             raise ValueError(
                 f"give exactly one of bbox, polygon, basins, outline, geojson (got {given or 'none'})"
             )
-        if self.bbox is not None:
-            lon0, lat0, lon1, lat1 = self.bbox
-            if not (-90 <= lat0 < lat1 <= 90):
-                raise ValueError(f"bbox latitudes must satisfy -90 <= lat_min < lat_max <= 90, got {lat0}, {lat1}")
         return self
 
 
@@ -163,14 +207,26 @@ class ExecutorConfig(_Model):
     aws_lambda: LambdaOptions = Field(default_factory=LambdaOptions, alias="lambda")
     coiled: CoiledOptions = CoiledOptions()
 
+    @field_validator("memory_per_task", mode="before")
+    @classmethod
+    def _memory(cls, value: object) -> str:
+        parse_bytes(value if isinstance(value, int) else str(value))
+        return str(value)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory_per_task)
+
 
 class OutputConfig(_Model):
     store: str = "polaragg-out/demo.zarr"
-    overwrite: bool = True
+    overwrite: bool = False  # replace an existing polaragg store (never anything else)
+    max_cells: Annotated[int, Field(ge=1)] = 200_000_000  # plans above this many child cells are refused
 
 
 class Recipe(_Model):
-    name: Annotated[str, Field(min_length=1)]
+    # A name is used in file names under the output folder: no separators, no leading dot.
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
     description: str = ""
     source: Source
     aoi: Aoi
@@ -195,15 +251,27 @@ def load_recipe(source: str | Path | dict) -> Recipe:
     else:
         text = str(source)
         path = Path(text)
-        if "\n" not in text and path.suffix in {".yaml", ".yml"}:
-            if not path.exists():
+        if "\n" not in text and (isinstance(source, Path) or path.suffix or path.exists()):
+            if path.suffix not in {".yaml", ".yml"}:
+                raise RecipeError(f"recipe file {path} must be YAML, named *.yaml or *.yml")
+            if not path.is_file():
                 raise RecipeError(f"recipe file not found: {path}")
+            if path.stat().st_size > MAX_RECIPE_BYTES:
+                raise RecipeError(f"recipe file {path} is {path.stat().st_size:,} bytes; a recipe is at most "
+                                  f"{MAX_RECIPE_BYTES:,} bytes")
             base_dir = path.resolve().parent
-            text = path.read_text()
+            try:
+                text = path.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise RecipeError(f"cannot read recipe file {path}: {exc}") from None
+        if len(text) > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe text is {len(text):,} characters; a recipe is at most {MAX_RECIPE_BYTES:,}")
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise RecipeError(f"recipe is not valid YAML: {exc}") from exc
+            where = getattr(exc, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise RecipeError(f"recipe is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise RecipeError("recipe must be a YAML mapping with at least 'name', 'source' and 'aoi'")
     try:
@@ -214,11 +282,11 @@ def load_recipe(source: str | Path | dict) -> Recipe:
 
 
 def _describe(exc: ValidationError) -> str:
-    lines = ["invalid recipe:"]
+    parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
-        lines.append(f"  {loc or '(top level)'}: {err['msg']}")
-    return "\n".join(lines)
+        parts.append(f"{loc or '(top level)'}: {err['msg'].removeprefix('Value error, ')}")
+    return "invalid recipe: " + "; ".join(parts)
 
 
 def _is_union_tag(part: object) -> bool:

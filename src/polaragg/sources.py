@@ -94,6 +94,8 @@ def load_catalog(recipe: Recipe) -> Catalog:
         return Catalog.read(source.path)
     parents = aoi_parents(recipe)
     order = recipe.grid.parent_order
+    if parents.size == 0:
+        raise CatalogError(f"aoi: the area of interest covers no cell at grid.parent_order {order} (is it empty?)")
     if isinstance(source, SyntheticSource):
         return build_catalog(read_directory(synthetic_folder(source)), parents, order)
     if isinstance(source, DirectorySource):

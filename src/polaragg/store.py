@@ -9,9 +9,12 @@ can write concurrently, locally or on S3.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import warnings
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import xarray as xr
@@ -19,13 +22,116 @@ import zarr
 
 from .grid import Grid
 from .fs import fsspec_options
-from .ledger import clear_records
+from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
 from .stats import STAT_INDEX, STATS, ZERO_WHEN_EMPTY
 
 try:
     POLARAGG_VERSION = version("polaragg")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     POLARAGG_VERSION = "0+unknown"
+
+
+# Root attributes every store written by polaragg carries; a folder without them is not ours.
+MARKER_ATTRS = ("polaragg_version", "recipe_fingerprint")
+
+TargetState = Literal["absent", "empty", "polaragg"]
+
+
+class StoreError(RuntimeError):
+    """A store path polaragg refuses to write, or a store it cannot use; the message names the path."""
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def inspect_target(url: str, storage_options: dict | None = None) -> TargetState:
+    """What is at a store path, refusing anything polaragg must not write over.
+
+    Refused: an empty path, the current folder or any folder above it, the home folder, a whole
+    bucket, a file, and any existing non-empty folder (or prefix) that is not a polaragg store;
+    likewise a ledger folder holding files polaragg did not write.
+    """
+    if not url or not url.strip():
+        raise StoreError("the output store path is empty; give a new path such as polaragg-out/run.zarr")
+    if is_remote(url):
+        state = _inspect_remote(url, storage_options)
+    else:
+        state = _inspect_local(Path(url.removeprefix("file://")).expanduser())
+    foreign = foreign_ledger_files(url, storage_options)
+    if foreign:
+        raise StoreError(f"{url}{LEDGER_SUFFIX} holds files polaragg did not write ({', '.join(foreign[:3])}); "
+                         "choose another store path")
+    return state
+
+
+def _inspect_local(path: Path) -> TargetState:
+    resolved = path.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if resolved == cwd or cwd.is_relative_to(resolved):
+        raise StoreError(f"refusing to use {str(path)!r} as a store: it is the current folder or one above it; "
+                         "give a new path such as polaragg-out/run.zarr")
+    if resolved == home or home.is_relative_to(resolved):
+        raise StoreError(f"refusing to use {str(path)!r} as a store: it is the home folder or one above it")
+    if not resolved.exists():
+        return "absent"
+    if not resolved.is_dir():
+        raise StoreError(f"{path} exists and is not a folder; choose a new store path")
+    if not any(resolved.iterdir()):
+        return "empty"
+    if _is_polaragg_attrs(_read_json(resolved / "zarr.json")):
+        return "polaragg"
+    raise StoreError(f"{path} exists and is not a polaragg store; polaragg never writes over other files: "
+                     "choose a new store path")
+
+
+def _inspect_remote(url: str, storage_options: dict | None) -> TargetState:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url, **fsspec_options(url, storage_options))
+    root = root.rstrip("/")
+    if "/" not in root:
+        raise StoreError(f"refusing to use the whole bucket {url!r} as a store; give a prefix such as "
+                         f"{url.rstrip('/')}/run.zarr")
+    if fs.isfile(root):
+        raise StoreError(f"{url} is an existing object, not a folder; choose a new store path")
+    if not fs.exists(root):
+        return "absent"
+    try:
+        with fs.open(f"{root}/zarr.json", "rb") as f:
+            attrs = json.load(f).get("attributes", {})
+    except (FileNotFoundError, ValueError):
+        attrs = {}
+    if _is_polaragg_attrs(attrs):
+        return "polaragg"
+    raise StoreError(f"{url} holds objects that are not a polaragg store; choose a new store path")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _is_polaragg_attrs(attrs: object) -> bool:
+    return isinstance(attrs, dict) and all(k in attrs for k in MARKER_ATTRS)
+
+
+def remove_store(url: str, storage_options: dict | None = None) -> None:
+    """Delete a polaragg store and its task records; refuses anything that is not one."""
+    if inspect_target(url, storage_options) != "polaragg":
+        raise StoreError(f"{url} is not a polaragg store; nothing removed")
+    if is_remote(url):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url, **fsspec_options(url, storage_options))
+        fs.rm(root.rstrip("/"), recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(Path(url.removeprefix("file://")).expanduser())
+    clear_records(url, storage_options)
 
 
 def zarr_store(url: str, storage_options: dict | None = None):
@@ -47,17 +153,15 @@ def create_store(
     attrs: dict,
     *,
     storage_options: dict | None = None,
-    overwrite: bool = True,
     chunk: int | None = None,
 ) -> None:
     """Write the empty template: every statistic at its empty value, chunked one task per chunk.
 
-    The chunk is one parent's children unless the plan split parents to bound task memory.
+    The chunk is one parent's children unless the plan split parents to bound task memory. The path
+    must hold nothing (see `inspect_target`; `remove_store` clears an old polaragg store first).
     """
     chunk = chunk or grid.children_per_parent
-    if overwrite:
-        clear_records(url, storage_options)
-    root = zarr.open_group(zarr_store(url, storage_options), mode="w" if overwrite else "w-", zarr_format=3)
+    root = zarr.open_group(zarr_store(url, storage_options), mode="w-", zarr_format=3)
     root.attrs.update(
         {
             **attrs,
@@ -81,15 +185,38 @@ def create_store(
         )
 
 
+def block_columns(block: np.ndarray) -> dict[str, np.ndarray]:
+    """A task's (cells x statistics) float64 block as the stored arrays, one per statistic."""
+    return {spec.name: block[:, STAT_INDEX[spec.name]].astype(spec.dtype) for spec in STATS}
+
+
+def checksum(columns: dict[str, np.ndarray]) -> str:
+    """Digest of a chunk's stored values over every statistic, in schema order."""
+    digest = hashlib.sha256()
+    for spec in STATS:
+        digest.update(np.ascontiguousarray(columns[spec.name], dtype=spec.dtype).tobytes())
+    return digest.hexdigest()[:32]
+
+
 def write_block(
     url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None
-) -> None:
-    """Write a task's (cells x statistics) block at cells [start, start + len(block))."""
+) -> str:
+    """Write a task's (cells x statistics) block at cells [start, start + len(block)); return its checksum.
+
+    Every chunk is written, empty ones too, so the same files exist whichever executor ran the task.
+    """
     root = zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3)
     stop = start + block.shape[0]
-    for spec in STATS:
-        column = block[:, STAT_INDEX[spec.name]]
-        root[spec.name][start:stop] = column.astype(spec.dtype)
+    columns = block_columns(block)
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for name, column in columns.items():
+            root[name][start:stop] = column
+    return checksum(columns)
+
+
+def read_checksum(root: zarr.Group, start: int, stop: int) -> str:
+    """Checksum of the stored values of cells [start, stop) (as `write_block` computed it)."""
+    return checksum({spec.name: root[spec.name][start:stop] for spec in STATS})
 
 
 def finalize_store(url: str, attrs: dict, *, storage_options: dict | None = None) -> None:

@@ -15,7 +15,7 @@ import zarr
 from .grid import Grid
 from .ledger import TaskRecord, read_records
 from .stats import STATS
-from .store import zarr_store
+from .store import checksum, zarr_store
 
 XDGGS_ATTRS = ("grid_name", "level", "indexing_scheme", "ellipsoid")
 
@@ -49,6 +49,16 @@ class StoreStatus:
             "status:       " + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "empty", "partial", "failed")),
             f"observations: {obs:,}",
         ]
+        invalid = sum(r.rows_invalid for r in self.records)
+        filtered = sum(r.rows_filtered for r in self.records)
+        lines.append(f"rows dropped: {filtered:,} filtered, {invalid:,} without valid coordinates or time")
+        misses = [m for r in self.records for m in r.footprint_misses]
+        if misses:
+            lost = unrepaired_misses(list(self.records))
+            granules = sorted({m["granule"] for m in misses})
+            lines.append(f"footprints:   {len(granules)} granule(s) had rows outside their footprint in "
+                         f"{len(misses)} task(s); {len(misses) - len(lost)} repaired, {len(lost)} not")
+            lines += [f"  - {p}" for p in lost[:10]]
         failures = self.failures_by_reason()
         if failures:
             lines.append(f"failures:     {sum(len(g) for g in failures.values())} granule(s)")
@@ -57,6 +67,20 @@ class StoreStatus:
                 lines.append(f"  {len(granules):>4} x {reason}")
                 lines.append(f"         {shown}")
         return "\n".join(lines)
+
+
+def unrepaired_misses(records: list[TaskRecord]) -> list[str]:
+    """Rows found in tasks whose granule lists lacked their granule (footprint misses) and that those
+    tasks have not read since: data the store is missing."""
+    by_key = {(r.parent, r.child_lo): r for r in records}
+    problems = []
+    for r in records:
+        for m in r.footprint_misses:
+            target = by_key.get((m["parent"], m["child_lo"]))
+            if target is None or m["granule"] not in target.granule_ids:
+                problems.append(f"granule {m['granule']}: {m['rows']:,} rows in parent {m['parent']} children from "
+                                f"{m['child_lo']} that its footprint misses were not aggregated")
+    return problems
 
 
 def store_status(store: str, storage_options: dict | None = None) -> StoreStatus:
@@ -107,8 +131,11 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
     if mismatch.any():
         problems.append(f"{int(mismatch.sum())} cells have h_mean NaN where count > 0 or a value where count == 0")
 
-    records = {(r.parent, r.child_lo): r for r in read_records(store, storage_options)}
-    fingerprint = attrs["recipe_fingerprint"]
+    all_records = read_records(store, storage_options)
+    records = {(r.parent, r.child_lo): r for r in all_records}
+    problems += unrepaired_misses(all_records)
+    fingerprint = attrs.get("run_fingerprint", attrs["recipe_fingerprint"])
+    values = {spec.name: root[spec.name][:] for spec in STATS}
     for k in range(ids.size // chunk):
         start = k * chunk
         parent = int(ids[start] >> np.uint64(grid.shift))
@@ -126,6 +153,10 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
         stored = int(count[start:start + chunk].sum())
         if stored != record.observations:
             problems.append(f"{where}: store counts {stored:,} observations, the ledger {record.observations:,}")
+        if not record.checksum:
+            problems.append(f"{where}: ledger record has no checksum of its chunk")
+        elif checksum({k: v[start:start + chunk] for k, v in values.items()}) != record.checksum:
+            problems.append(f"{where}: stored values differ from what the task wrote (checksum mismatch)")
     for (parent, child_lo) in sorted(records):
         problems.append(f"ledger record for parent {parent} children from {child_lo} has no place in the store")
     summary = attrs.get("run_summary")
