@@ -357,3 +357,67 @@ def test_no_socket_to_a_non_loopback_address_in_process(cmr_server_factory, reco
     server.fail_next(1, status=500)
     got = search_granules(CmrQuery(page_size=100), _settings(server))
     assert len(got) == 345 and blocked == []
+
+
+# --------------------------------------------------------------------------------------------------
+# A real record (tests/fixtures/SOURCES.md) through the real client and the catalog
+
+V005_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "umm" / "earthaccess_atl06_v005_umm.json"
+
+
+def _v005_record() -> dict:
+    return json.loads(V005_FIXTURE.read_text())["items"][0]
+
+
+def test_real_v005_record_is_found_by_its_file_name_and_catalogued(cmr_server_factory, records):
+    """GranuleUR `SC:ATL06.005:...`, collection named by EntryTitle, name only in ProducerGranuleId."""
+    import numpy as np
+
+    from polaragg.catalog import AccessFallbackWarning, build_catalog
+
+    real = _v005_record()
+    server = cmr_server_factory(records + [real])
+    query = CmrQuery(version="005", provider="NSIDC_ECS", page_size=10,
+                     granule_name_patterns=("ATL06_??????????????_????02??_*",))  # cycle 2, as sources.py asks
+    got = search_granules(query, _settings(server))
+    assert [r["meta"]["concept-id"] for r in got] == ["G2159085058-NSIDC_ECS"]
+    assert got[0]["umm"] == real["umm"]
+    assert search_granules(CmrQuery(version="005", provider="NSIDC_ECS", page_size=10,
+                                    granule_name_patterns=("ATL06_??????????????_????03??_*",)),
+                           _settings(server)) == []
+    with pytest.warns(AccessFallbackWarning):
+        catalog = build_catalog(got, np.arange(12 * 4**6, dtype=np.uint64), 6, access="direct")
+    row = catalog.granules.iloc[0]
+    assert (row["name"], row.granule_id, row.cycle, row.rgt, row.region) == (
+        "ATL06_20190221121851_08410203_005_01.h5", "G2159085058-NSIDC_ECS", 2, 841, 3)
+    assert row.url == real["umm"]["RelatedUrls"][0]["URL"]
+    assert row.size_bytes == 0 and len(row.parent_cells) > 0
+
+
+SIZE_CASES = [  # ArchiveAndDistributionInformation -> bytes (None = unknown)
+    ([{"SizeInBytes": 7}], 7),
+    ([{"Size": 3, "SizeUnit": "B"}], 3),
+    ([{"Size": 1.5, "SizeUnit": "KB"}], 1536),
+    ([{"Size": 2, "SizeUnit": "gb"}], 2 * 1024**3),
+    ([{"Size": 1, "SizeUnit": "TB"}], 1024**4),
+    ([{"Size": 59.1940822601, "SizeUnit": "NA"}], None),  # the real v005 record's
+    ([{"Size": 12.0}], None),  # no unit: unknown, not MB
+    ([{"Size": "many", "SizeUnit": "MB"}], None),
+    ([{"Size": 1, "SizeUnit": "MB"}, {"Size": 1, "SizeUnit": "NA"}], None),  # part unknown: all unknown
+    ([{"Name": "x.xml", "SizeInBytes": 9}], 9),
+]
+
+
+def test_granule_size_units():
+    got = [granule_size_bytes({"umm": {"DataGranule": {"ArchiveAndDistributionInformation": infos}}})
+           for infos, _ in SIZE_CASES]
+    assert got == [expected for _, expected in SIZE_CASES]
+
+
+def test_granule_size_of_the_named_file():
+    infos = [{"Name": "ATL06_20190221121851_08410203_005_01.h5", "SizeInBytes": 1000},
+             {"Name": "ATL06_20190221121851_08410203_005_01.iso.xml", "SizeInBytes": 11}]
+    record = {"umm": {"DataGranule": {"ArchiveAndDistributionInformation": infos}}}
+    assert granule_size_bytes(record, name="ATL06_20190221121851_08410203_005_01") == 1000
+    assert granule_size_bytes(record) == 1011
+    assert granule_size_bytes(_v005_record()) is None
