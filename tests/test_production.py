@@ -36,6 +36,12 @@ def _assert_same_data(a: xr.Dataset, b: xr.Dataset):
         np.testing.assert_array_equal(a[spec.name].values, b[spec.name].values, err_msg=spec.name)
 
 
+def _record_names(ledger: str) -> list[str]:
+    """File names of the task records in a ledger folder, sorted (the folder also holds the run's lock and
+    its list of inputs)."""
+    return sorted(n for n in os.listdir(ledger) if re.fullmatch(r"\d{20}-\d{5}\.json", n))
+
+
 def _recipe_file(tmp_path, recipe, **changes) -> str:
     doc = recipe.model_dump(mode="json")
     doc.update(changes)
@@ -56,7 +62,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_store(demo_recipe, 
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:
-            if os.path.isdir(ledger) and len(os.listdir(ledger)) >= 6:
+            if os.path.isdir(ledger) and len(_record_names(ledger)) >= 6:
                 break
             assert proc.poll() is None, "the run ended before it could be killed"
             time.sleep(0.05)
@@ -99,7 +105,7 @@ def test_validate_fails_with_reasons_on_a_tampered_store(demo_store, tmp_path, c
     k = int(np.flatnonzero(counts > 0)[0])
     root["count"][k] = counts[k] + 5                  # counts no longer match the ledger
     root["cell_ids"].attrs["indexing_scheme"] = "ring"  # xdggs would decode it wrongly
-    records = sorted(os.listdir(store + LEDGER_SUFFIX))
+    records = _record_names(store + LEDGER_SUFFIX)
     os.remove(os.path.join(store + LEDGER_SUFFIX, records[-1]))  # a task without its record
 
     assert main(["validate", store]) == 1
@@ -163,8 +169,7 @@ def test_persistent_transient_failure_is_recorded_after_its_attempts(demo_recipe
 def _ledger_files(store: str) -> list[dict]:
     """The task records of a store's ledger, read as plain JSON (not through polaragg)."""
     folder = Path(store + LEDGER_SUFFIX)
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
-            if re.fullmatch(r"\d{20}-\d{5}\.json", p.name)]
+    return [json.loads((folder / name).read_text()) for name in _record_names(str(folder))]
 
 
 def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store):
