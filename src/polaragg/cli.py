@@ -130,16 +130,10 @@ def describe_plan(plan, top: int = 10) -> str:
 def _cost_text(store: str) -> str:
     import json
 
+    from .cost import format_cost
     from .store import open_store
 
-    report = json.loads(open_store(store).attrs.get("run_cost", "{}"))
-    lines = ["Cost (from the ledger; price table in polaragg/data/prices.yaml)"]
-    for key in ("task_seconds", "lambda_gb_seconds", "lambda_usd", "ec2_usd", "coiled_fee_usd", "coiled_usd",
-                "s3_usd"):
-        if key in report and report[key] is not None:
-            lines.append(f"      {key + ':':22s}{report[key]:,.4f}" if isinstance(report[key], float)
-                         else f"      {key + ':':22s}{report[key]}")
-    return "\n".join(lines)
+    return format_cost(json.loads(open_store(store).attrs.get("run_cost", "{}")))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -177,21 +171,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_map(args: argparse.Namespace) -> int:
     from . import viz
 
-    out = args.out or _default_map_path(args.store, args.var)
+    out = args.out or viz.default_map_path(args.store, args.var)
     _check_output_file(Path(out), args.overwrite, _is_polaragg_png)
     print(viz.plot_store(args.store, var=args.var, out=out))
     return 0
-
-
-def _default_map_path(store: str, var: str) -> str:
-    from . import viz
-
-    default = getattr(viz, "default_map_path", None)
-    if default is not None:
-        return default(store, var)
-    name = store.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zarr")
-    local = store.rstrip("/").removesuffix(".zarr") if "://" not in store else name
-    return f"{local}_{var}.png"
 
 
 def _check_output_file(path: Path, overwrite: bool, ours) -> None:

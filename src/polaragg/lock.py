@@ -70,11 +70,28 @@ def acquire(store_url: str, storage_options: dict | None = None) -> RunLock:
             if _is_stale(holder):
                 fs.rm(path)
                 continue
-            who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
-                   if holder else "an unreadable lock")
-            raise StoreLocked(f"{store_url} is being written by another run ({who}); wait for it, or if that run "
-                              f"is gone, delete {path}") from None
+            raise StoreLocked(_locked_message(store_url, path, holder)) from None
     raise StoreLocked(f"could not take the lock {path}; another run is starting on the same store")
+
+
+def refuse_if_locked(store_url: str, storage_options: dict | None = None) -> None:
+    """Raise StoreLocked if a live run holds the store's lock (creates nothing)."""
+    fs, root = ledger_location(store_url, storage_options)
+    path = f"{root}/{LOCK_NAME}"
+    try:
+        holder = _read(fs, path)
+    except FileNotFoundError:
+        return
+    except ValueError:
+        holder = {}
+    if not _is_stale(holder):
+        raise StoreLocked(_locked_message(store_url, path, holder))
+
+
+def _locked_message(store_url: str, path: str, holder: dict) -> str:
+    who = (f"process {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+           if holder else "an unreadable lock")
+    return f"{store_url} is being written by another run ({who}); wait for it, or if that run is gone, delete {path}"
 
 
 def _read(fs, path: str) -> dict:

@@ -89,7 +89,7 @@ def run(
     resume: bool = False,
     overwrite: bool | None = None,
     progress: bool = True,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> RunSummary:
     """Compute the recipe into its Zarr store and return the run summary.
 
@@ -98,8 +98,9 @@ def run(
     With `resume=True`, tasks that already left an ok or empty record for the same recipe and
     inputs, and whose chunk still holds what they wrote, are skipped; the rest run again.
     """
-    from .lock import acquire
+    from .lock import acquire, refuse_if_locked
 
+    stream = sys.stderr if stream is None else stream
     recipe = _as_recipe(recipe)
     store = recipe.output.store if store is None else store
     overwrite = recipe.output.overwrite if overwrite is None else overwrite
@@ -107,6 +108,7 @@ def run(
                             lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
                             allowed_mem=recipe.executor.memory_bytes)
     start = time.perf_counter()
+    refuse_if_locked(store)
     state = inspect_target(store)
     if state == "polaragg" and not (resume or overwrite):
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "

@@ -161,16 +161,13 @@ def create_store(
     must hold nothing (see `inspect_target`; `remove_store` clears an old polaragg store first).
     """
     chunk = chunk or grid.children_per_parent
-    root = zarr.open_group(zarr_store(url, storage_options), mode="w-", zarr_format=3)
-    root.attrs.update(
-        {
-            **attrs,
-            "polaragg_version": POLARAGG_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "parent_order": grid.parent_order,
-            "child_order": grid.child_order,
-        }
-    )
+    root = zarr.open_group(zarr_store(url, storage_options), mode="w-", zarr_format=3, attributes={
+        **attrs,
+        "polaragg_version": POLARAGG_VERSION,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "parent_order": grid.parent_order,
+        "child_order": grid.child_order,
+    })
     ids = root.create_array(
         "cell_ids", shape=cell_ids.shape, chunks=(chunk,), dtype="uint64", fill_value=0,
         dimension_names=["cells"], attributes=grid.cell_id_attrs(),

@@ -143,7 +143,8 @@ def _extent(
 def _save(fig, out: str | Path, dpi: int) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format="png")
+    # The Software text chunk marks the file as polaragg's, so a later map may replace it (and nothing else).
+    fig.savefig(out, dpi=dpi, format="png", metadata={"Software": "polaragg (matplotlib)"})
     fig.clear()
     return out
 
