@@ -61,6 +61,8 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     _check_output_file(out, args.overwrite, _is_catalog)
     catalog = load_catalog(recipe)
     catalog.write(out)
+    for line in catalog.notes():
+        print(f"note: {line}")
     pairs = catalog.pairs()
     print(f"catalog {out}: {len(catalog.granules)} granules, {len(catalog.parents)} AOI parent cells "
           f"(order {catalog.parent_order}), {len(pairs)} (cell, granule) pairs")
@@ -79,7 +81,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     if args.map:
         _check_output_file(Path(args.map), args.overwrite, _is_polaragg_png)
-    plan = plan_recipe(recipe)
+    from .sources import load_catalog
+
+    catalog = load_catalog(recipe)
+    for line in catalog.notes():
+        print(f"note: {line}")
+    plan = plan_recipe(recipe, catalog)
     print(f"executor:            {recipe.executor.name} (memory per task {recipe.executor.memory_per_task})")
     print(describe_plan(plan, top=args.top))
     print()
@@ -293,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    if category.__name__ in ("PolaraggWarning", "UserWarning", "RuntimeWarning"):
+    """Warnings meant for the user as one line each; library deprecation noise is not shown."""
+    if issubclass(category, UserWarning) and not issubclass(category, (DeprecationWarning, FutureWarning)) \
+            and category.__module__.startswith("polaragg"):
         print(f"polaragg: warning: {message}", file=sys.stderr)
 
 

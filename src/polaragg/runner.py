@@ -59,6 +59,8 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
         raise PlanError(f"the plan has {n_cells:,} cells ({len(catalog.parents):,} parent cells x "
                         f"{grid.children_per_parent:,} children), above output.max_cells = "
                         f"{recipe.output.max_cells:,}; use a smaller aoi, a lower grid.child_order, or raise the limit")
+    for note in catalog.notes():
+        warnings.warn(note, PolaraggWarning, stacklevel=2)
     if len(catalog.granules) == 0 or not any(len(c) for c in catalog.granules.parent_cells):
         warnings.warn("no granule crosses the AOI: every cell will be empty", PolaraggWarning, stacklevel=2)
     return make_plan(catalog, grid, reader=recipe.reader, filters=recipe.filters.filters(),
