@@ -1,4 +1,4 @@
-"""environment.yml (conda-forge) lists the same dependencies as `pip install -e ".[test]"`, with the same lower bounds."""
+"""environment.yml (conda-forge) lists what `pip install -e ".[test]"` installs, with the same lower bounds."""
 
 import re
 import tomllib
@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # pyproject requirement (normalised name, extras) -> the conda-forge packages that provide it.
 CONDA_NAMES = {
     "dask[array]": ["dask"],  # conda-forge's dask brings numpy (and distributed)
-    "moto[server]": ["moto", "flask", "flask-cors"],  # conda-forge's moto has no extras; moto_server needs flask
+    # conda-forge's moto has no extras; moto_server needs flask and flask-cors
+    "moto[server]": ["moto", "flask", "flask-cors"],
 }
 # Packages environment.yml lists that are not themselves pyproject requirements.
 CONDA_ONLY = {"python", "pip", "flask", "flask-cors"}
