@@ -12,7 +12,7 @@ import urllib.parse
 # botocore Config for every S3 client polaragg builds or configures (s3fs `config_kwargs`, h5coro's
 # S3 driver): a TCP connect that does not finish in 3 s, or a response silent for 10 s, fails, and
 # each request is tried at most 3 times (botocore's "standard" mode: the first try + 2 retries).
-S3_CLIENT_CONFIG: dict = {"connect_timeout": 3, "read_timeout": 10, "retries": {"max_attempts": 3, "mode": "standard"}}
+S3_CLIENT_CONFIG: dict = {"connect_timeout": 3, "read_timeout": 10, "retries": {"total_max_attempts": 3, "mode": "standard"}}
 
 
 def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
