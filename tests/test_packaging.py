@@ -1,4 +1,4 @@
-"""environment.yml (conda-forge) lists what `pip install -e ".[test]"` installs, with the same lower bounds."""
+"""environment.yml (conda-forge) lists what `pip install -e ".[test]"` installs, with equal lower bounds."""
 
 import re
 import tomllib
