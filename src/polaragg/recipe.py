@@ -114,7 +114,7 @@ class Aoi(_Model):
 
     bbox: tuple[float, float, float, float] | None = None
     polygon: list[tuple[float, float]] | None = None
-    basins: list[str | int] | None = None
+    basins: Annotated[list[str | int], Field(min_length=1)] | None = None
     outline: bool = False
     geojson: str | None = None
     crs: str | None = None

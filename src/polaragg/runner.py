@@ -100,7 +100,7 @@ def run(
     With `resume=True`, tasks that already left an ok or empty record for the same recipe and
     inputs, and whose chunk still holds what they wrote, are skipped; the rest run again.
     """
-    from .lock import acquire, refuse_if_locked
+    from .lock import refuse_if_locked
 
     stream = sys.stderr if stream is None else stream
     recipe = _as_recipe(recipe)
@@ -110,8 +110,13 @@ def run(
                             lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
                             allowed_mem=recipe.executor.memory_bytes)
     start = time.perf_counter()
+    try:
+        state = inspect_target(store)
+    except StoreError:
+        with contextlib.suppress(OSError):  # a store being created by another run looks foreign for a moment
+            refuse_if_locked(store)
+        raise
     refuse_if_locked(store)
-    state = inspect_target(store)
     if state == "polaragg" and not (resume or overwrite):
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "
                          "replace it or --resume to finish it")
@@ -120,7 +125,21 @@ def run(
     plan = plan_recipe(recipe, catalog, choice.name)
     inputs = _inputs(plan, catalog)
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
-    with acquire(store) as _lock:
+    try:
+        return _run_locked(recipe, store, choice, state, resume, plan, catalog, inputs, fingerprint, progress,
+                           stream, start)
+    except OSError as exc:
+        if exc.errno is not None and not exc.filename:  # name the store a disk or permission error is about
+            raise type(exc)(exc.errno, exc.strerror or str(exc), store) from exc
+        raise
+
+
+def _run_locked(recipe: Recipe, store: str, choice: ExecutorChoice, state: str, resume: bool, plan: Plan,
+                catalog: Catalog, inputs: list[dict], fingerprint: str, progress: bool, stream: TextIO,
+                start: float) -> RunSummary:
+    from .lock import acquire
+
+    with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
         if resume and state == "polaragg":
             records = _check_resumable(store, recipe.fingerprint(), fingerprint, inputs, plan)

@@ -93,6 +93,13 @@ def _inspect_remote(url: str, storage_options: dict | None) -> TargetState:
     if "/" not in root:
         raise StoreError(f"refusing to use the whole bucket {url!r} as a store; give a prefix such as "
                          f"{url.rstrip('/')}/run.zarr")
+    bucket = root.split("/", 1)[0]
+    try:
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise StoreError(f"bucket {bucket!r} does not exist (store {url})") from None
+    except PermissionError:
+        raise StoreError(f"access to bucket {bucket!r} was denied: check the S3 credentials (store {url})") from None
     if fs.isfile(root):
         raise StoreError(f"{url} is an existing object, not a folder; choose a new store path")
     if not fs.exists(root):
