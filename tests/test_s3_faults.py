@@ -248,7 +248,6 @@ def test_clients_get_the_timeouts(moto, demo_cache):
     assert config.retries["total_max_attempts"] == S3_CLIENT_CONFIG["retries"]["total_max_attempts"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs runner: a dead endpoint ends the run with one message")
 def test_dead_endpoint_ends_the_run_and_resume_gives_the_identical_store(moto, demo_cache, tmp_path):
     import polaragg
     from polaragg.catalog import build_catalog, read_directory

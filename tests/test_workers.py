@@ -1,0 +1,152 @@
+"""Worker processes die with their client; cloud executors that cannot be reached fail before anything starts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from polaragg import executors
+from polaragg.cloud import CoiledOptions, LambdaOptions
+from polaragg.executors import ExecutorChoice, ExecutorError, preflight
+
+SUB_BBOX = [85.0, -87.0, 95.0, -85.0]
+POLARAGG = Path(sys.executable).with_name("polaragg")
+
+
+def _alive(procs):
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.parametrize("executor", ["processes", "lithops-local", "dask-distributed"])
+def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path):
+    folder, recipe = demo_cache
+    doc = recipe.model_dump(mode="json")
+    doc["source"] = {"kind": "directory", "path": str(folder)}
+    doc["aoi"] = {"bbox": SUB_BBOX}
+    doc["output"] = {"store": str(tmp_path / "run.zarr")}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    env = {k: v for k, v in os.environ.items() if k != executors.CLIENT_MARKER}
+    client = subprocess.Popen([str(POLARAGG), "run", str(path), "--executor", executor], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me = psutil.Process(client.pid)
+    seen: dict[int, psutil.Process] = {}
+    ledger = tmp_path / "run.zarr.ledger"
+    deadline = time.monotonic() + 120
+    try:
+        # wait until a task has run in a worker (it wrote its record), so workers are busy
+        while time.monotonic() < deadline:
+            for p in me.children(recursive=True):
+                seen.setdefault(p.pid, p)
+            if ledger.is_dir() and any(ledger.glob("*.json")) and len(seen) >= 2:
+                break
+            assert client.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no worker started within 120 s (children: {sorted(seen)})")
+        for p in me.children(recursive=True):
+            seen.setdefault(p.pid, p)
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+        records_at_kill = len(list(ledger.glob("*.json")))
+        time.sleep(10)
+        alive = _alive(seen.values())
+        assert not alive, [(p.pid, " ".join(p.cmdline())[:100]) for p in alive]
+        # nothing writes after its client is gone (allow the tasks that were finishing at the kill)
+        assert len(list(ledger.glob("*.json"))) <= records_at_kill + 2
+    finally:
+        for p in _alive(seen.values()):
+            p.kill()
+
+
+def test_reaper_kills_marked_processes_when_its_client_ends(tmp_path):
+    """The reaper of a client that ends normally kills what the client left behind, nothing else."""
+    script = (
+        "import subprocess, sys, time\n"
+        "from polaragg.executors import guard_workers\n"
+        "guard_workers()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+    )
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        env = {k: v for k, v in os.environ.items() if k != executors.CLIENT_MARKER}
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        orphan = psutil.Process(int(out.stdout.split()[0]))
+        deadline = time.monotonic() + 10
+        while _alive([orphan]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive([orphan]), "the client's leftover process outlived it by 10 s"
+        assert bystander.poll() is None, "a process the client did not start was killed"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_processes_executor_recycles_workers():
+    ex = executors.cubed_executor(ExecutorChoice("processes", 2))
+    assert ex.kwargs["max_tasks_per_child"] == executors.TASKS_PER_WORKER >= 1
+    assert os.environ.get(executors.CLIENT_MARKER) == executors.guard_workers()  # one reaper per client
+
+
+def test_preflight_is_a_no_op_for_local_executors():
+    for name in executors.LOCAL_EXECUTORS:
+        assert preflight(ExecutorChoice(name)) is None
+
+
+def _dead_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_preflight_names_an_unreachable_lambda_within_seconds(monkeypatch):
+    from polaragg import cloud
+
+    port = _dead_port()
+    monkeypatch.setattr(cloud, "lambda_host", lambda opts: "127.0.0.1")
+    real = cloud.check_reachable
+    monkeypatch.setattr(cloud, "check_reachable", lambda service, host, _port, **kw: real(service, host, port, **kw))
+    opts = LambdaOptions(role_arn="arn:aws:iam::123456789012:role/polaragg")
+    t0 = time.monotonic()
+    with pytest.raises(ExecutorError) as info:
+        preflight(ExecutorChoice("lambda", lambda_options=opts))
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert message.startswith("AWS Lambda (127.0.0.1) is not reachable") and "\n" not in message
+
+
+def test_preflight_names_an_unreachable_coiled_within_seconds(monkeypatch):
+    import dask
+
+    port = _dead_port()
+    t0 = time.monotonic()
+    with dask.config.set({"coiled.server": f"http://127.0.0.1:{port}", "coiled.token": "t"}), \
+            pytest.raises(ExecutorError) as info:
+        preflight(ExecutorChoice("coiled", coiled_options=CoiledOptions()))
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert message.startswith("Coiled (127.0.0.1) is not reachable") and "\n" not in message
+
+
+def test_preflight_refuses_lambda_without_a_role(monkeypatch):
+    from polaragg import cloud
+
+    monkeypatch.setattr(cloud, "check_reachable", lambda *a, **k: None)  # reachable
+    with pytest.raises(ExecutorError, match="execution role"):
+        preflight(ExecutorChoice("lambda", lambda_options=LambdaOptions()))
