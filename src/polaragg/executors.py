@@ -3,9 +3,9 @@
 Cubed: `single-threaded`, `threads`, `processes`, `lithops-local`, `lambda`.
 Dask: `dask` (local threads), `dask-distributed` (LocalCluster or an address), `coiled`.
 
-Local worker processes are recycled before they grow (`processes`: a fresh worker every
-`TASKS_PER_WORKER` tasks; Lithops localhost runs every task in a fresh interpreter; a LocalCluster
-worker is restarted by its nanny past its memory limit) and die with their client (`guard_workers`).
+Local worker processes are recycled where that is safe (Lithops localhost runs every task in a fresh
+interpreter; a LocalCluster worker is restarted by its nanny past its memory limit; `processes`
+workers after `TASKS_PER_WORKER` tasks when set) and die with their client (`guard_workers`).
 `preflight(choice)` checks, before anything is created, that a cloud executor's service answers.
 """
 
@@ -24,9 +24,11 @@ DASK_EXECUTORS = ("dask", "dask-distributed", "coiled")
 ALL_EXECUTORS = CUBED_EXECUTORS + DASK_EXECUTORS
 LOCAL_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed")
 
-# A `processes` worker is replaced after this many tasks: a reused worker keeps part of each task's
-# heap (measured by benchmarks/memory.py), and a fresh spawn costs about a second of imports.
-TASKS_PER_WORKER = 8
+# Tasks per `processes` worker before it is replaced (a reused worker keeps part of the heap of the
+# big tasks it ran first; benchmarks/memory.py). None: Python's pool deadlocks once a worker retires
+# with max_tasks_per_child > 1 (CPython gh-115634, in 3.11-3.13 as shipped here), and 1 would pay an
+# interpreter start per task; the memory model covers the measured growth of reused workers instead.
+TASKS_PER_WORKER: int | None = None
 CLIENT_MARKER = "POLARAGG_CLIENT"  # environment variable naming the client that started a process
 REAP_INTERVAL_S = 0.25
 
