@@ -53,12 +53,16 @@ def test_every_executor_gives_the_same_store(executor, demo_recipe, demo_store, 
 
 
 def test_split_tasks_stay_under_the_memory_bound_and_equal_the_unsplit_result(demo_recipe, demo_store, tmp_path):
-    bound = 300 * 2**20
+    from polaragg.memory import model_for
+
     doc = demo_recipe.model_dump(mode="json")
-    doc["executor"]["memory_per_task"] = "300MiB"
     doc["aoi"] = {"bbox": [70.0, -88.0, 110.0, -86.5]}
+    doc["executor"]["memory_per_task"] = "100GB"
+    busiest = max(t.expected_rows for t in plan_recipe(polaragg.load_recipe(doc), executor="processes").tasks)
+    bound = model_for("processes").projected(busiest / 3)  # the busiest parent must split at least 4 ways
+    doc["executor"]["memory_per_task"] = f"{bound}B"
     recipe = polaragg.load_recipe(doc)
-    plan = plan_recipe(recipe)
+    plan = plan_recipe(recipe, executor="processes")
     assert plan.split > 1
     assert plan.max_projected_bytes <= bound
     store = str(tmp_path / "split.zarr")
@@ -70,6 +74,7 @@ def test_split_tasks_stay_under_the_memory_bound_and_equal_the_unsplit_result(de
           f"{peaks.max() / 2**20:.0f} MiB (bound {bound / 2**20:.0f} MiB, projected <= "
           f"{plan.max_projected_bytes / 2**20:.0f} MiB)")
     assert peaks.max() < bound
+    assert all(r.peak_memory_bytes <= r.projected_memory_bytes for r in records)
     split = xr.open_zarr(store)
     assert split["h_mean"].encoding["chunks"] == (4096 // plan.split,)
     ref = xr.open_zarr(demo_store[0])

@@ -110,8 +110,9 @@ class Plan:
             have = {g.granule_id for g in t.granules}
             added = tuple(g for g in refs if g.granule_id not in have)
             rows_more = float((rows or {}).get(i, 0))
+            busiest = max(x.expected_rows for x in tasks)
             tasks[i] = dataclasses.replace(t, granules=t.granules + added, expected_rows=t.expected_rows + rows_more,
-                                           projected_bytes=self.memory.projected(t.expected_rows + rows_more))
+                                           projected_bytes=self.memory.projected(t.expected_rows + rows_more, busiest))
         return dataclasses.replace(self, tasks=tuple(tasks))
 
     def largest_first(self) -> list[int]:
@@ -151,7 +152,8 @@ def make_plan(
         if memory_per_task <= memory.baseline_bytes:
             raise PlanError(f"memory per task {memory_per_task / 2**20:.0f} MiB is below a worker's baseline of "
                             f"{memory.baseline_bytes / 2**20:.0f} MiB")
-        while memory.projected(busiest / split) > memory_per_task and split < grid.children_per_parent:
+        while memory.projected(busiest / split, busiest / split) > memory_per_task \
+                and split < grid.children_per_parent:
             split *= 2
     fine: dict[int, pd.DataFrame] = {}  # catalog.pairs_at by order: splits 2 and 4 share one order
     while True:
@@ -191,8 +193,10 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
     """
     if split == 1:
         rows = catalog.expected_rows() if rows is None else rows
+        busiest = max((rows.get(int(p), 0.0) for p in parents), default=0.0)
         return [Task(i, int(p), 0, grid.children_per_parent, tuple(catalog.granules_of(int(p))),
-                     rows.get(int(p), 0.0), memory.projected(rows.get(int(p), 0.0))) for i, p in enumerate(parents)]
+                     rows.get(int(p), 0.0), memory.projected(rows.get(int(p), 0.0), busiest))
+                for i, p in enumerate(parents)]
     levels = (split.bit_length()) // 2  # finest order whose cells tile every range: 4**levels >= split
     order = grid.parent_order + levels
     per_range = 4**levels // split  # cells of that order in one range
@@ -212,9 +216,9 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
             group = by_key.get(int(p) * split + k)
             granules = () if group is None else catalog.granule_refs(group.row.to_numpy())
             expected = 0.0 if group is None else float(group.expected_rows.sum())
-            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected,
-                              memory.projected(expected)))
-    return tasks
+            tasks.append(Task(len(tasks), int(p), k * size, (k + 1) * size, granules, expected))
+    busiest = max((t.expected_rows for t in tasks), default=0.0)
+    return [dataclasses.replace(t, projected_bytes=memory.projected(t.expected_rows, busiest)) for t in tasks]
 
 
 class _StatsBlock:

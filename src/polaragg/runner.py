@@ -25,7 +25,7 @@ import xarray as xr
 from .aggregate import GranuleRef
 from .catalog import Catalog
 from .cost import run_cost
-from .executors import ExecutorChoice, cubed_executor
+from .executors import ExecutorChoice, cubed_executor, preflight
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
 from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
@@ -44,7 +44,8 @@ class ResumeError(RuntimeError):
     """A store that cannot be resumed by this recipe, or whose inputs changed since it was made."""
 
 
-def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: str | None = None) -> Plan:
+def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: str | None = None,
+                workers: int | None = None) -> Plan:
     """The recipe's plan, with task memory projected by the model of the executor that will run it.
 
     Refuses plans above `output.max_cells` child cells; warns when no granule crosses the AOI.
@@ -65,7 +66,7 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
         warnings.warn("no granule crosses the AOI: every cell will be empty", PolaraggWarning, stacklevel=2)
     return make_plan(catalog, grid, reader=recipe.reader, filters=recipe.filters.filters(),
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
-                     memory=model_for(executor or recipe.executor.name))
+                     memory=model_for(executor or recipe.executor.name, workers or recipe.executor.max_workers))
 
 
 def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None) -> xr.Dataset:
@@ -120,9 +121,9 @@ def run(
     if state == "polaragg" and not (resume or overwrite):
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "
                          "replace it or --resume to finish it")
-    _preflight(choice)
+    preflight(choice)  # a cloud executor's service answers, before anything is created
     catalog = load_catalog(recipe)
-    plan = plan_recipe(recipe, catalog, choice.name)
+    plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
     inputs = _inputs(plan, catalog)
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
     try:
@@ -177,15 +178,6 @@ def _run_locked(recipe: Recipe, store: str, choice: ExecutorChoice, state: str, 
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())})
     return summary
-
-
-def _preflight(choice: ExecutorChoice) -> None:
-    """Reach the executor's service before anything is created (a no-op for local executors)."""
-    from . import executors
-
-    check = getattr(executors, "preflight", None)
-    if check is not None:
-        check(choice)
 
 
 def _key(task) -> tuple[int, int]:

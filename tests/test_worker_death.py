@@ -1,0 +1,63 @@
+"""A worker that dies mid-run loses only its task, which runs again: the store is as if nothing happened."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import xarray as xr
+
+import polaragg
+from polaragg.ledger import LEDGER_SUFFIX, read_records
+from polaragg.stats import STATS
+
+SUB_BBOX = (85.0, -87.0, 95.0, -85.0)
+
+
+def _pool_workers() -> list[psutil.Process]:
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "multiprocessing" in cmd and "resource_tracker" not in cmd:
+            out.append(child)
+    return out
+
+
+def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_store, tmp_path, capsys):
+    recipe = demo_recipe.model_copy(update={"aoi": demo_recipe.aoi.model_copy(update={"bbox": SUB_BBOX})})
+    store = str(tmp_path / "killed-worker.zarr")
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ledger = store + LEDGER_SUFFIX
+            if os.path.isdir(ledger) and any(n.endswith(".json") for n in os.listdir(ledger)):
+                workers = _pool_workers()
+                if workers:
+                    os.kill(workers[0].pid, signal.SIGKILL)
+                    killed.append(workers[0].pid)
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    summary = polaragg.run(recipe, store=store, executor="processes", max_workers=2, progress=False)
+    killer.join()
+    assert killed, "no worker was killed: the test did not test anything"
+    assert "a worker died" in capsys.readouterr().err
+    records = read_records(store)
+    plan = polaragg.runner.plan_recipe(recipe)
+    assert len(records) == len(plan.tasks) and all(r.status == "ok" for r in records)
+    got = xr.open_zarr(store).load()
+    ref = xr.open_zarr(demo_store[0]).load()
+    ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, got.cell_ids.values)))
+    for spec in STATS:
+        np.testing.assert_allclose(got[spec.name].values, ref[spec.name].values, rtol=1e-12, atol=0,
+                                   equal_nan=True, err_msg=spec.name)
+    assert summary.observations == int(ref["count"].sum())
