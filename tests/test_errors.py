@@ -3,6 +3,7 @@ and creates nothing."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -189,3 +190,50 @@ def test_plan_shows_the_recipes_executor(recipe_doc, tmp_path, capsys):
     assert main(["plan", _write(tmp_path, recipe_doc)]) == 0
     out = capsys.readouterr().out
     assert "executor:            dask" in out
+    assert re.search(r"\| executor\s+\| dask \|", out)
+    planned = re.search(r"expected obs\.:\s+([\d,]+)", out).group(1)
+    estimated = re.search(r"\| observations\s+\| ([\d,]+) \|", out).group(1)
+    assert planned == estimated
+
+
+def test_an_unreachable_cloud_executor_is_one_line_and_creates_nothing(recipe_doc, tmp_path, capsys, monkeypatch):
+    import dask
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once the socket closes
+    store = tmp_path / "never.zarr"
+    started = time.monotonic()
+    with dask.config.set({"coiled.server": f"http://127.0.0.1:{port}", "coiled.token": "t"}):
+        assert main(["run", _write(tmp_path, recipe_doc), "--store", str(store), "--executor", "coiled"]) == 2
+    assert time.monotonic() - started < 10
+    line = _one_line_error(capsys)
+    assert "Coiled (127.0.0.1) is not reachable" in line
+    assert not store.exists() and not Path(str(store) + LEDGER_SUFFIX).exists()
+
+
+def test_resume_names_a_granule_added_since_the_run_began(demo_cache, tmp_path, capsys):
+    import shutil
+
+    import polaragg
+
+    recipe = demo_cache[1].model_copy(update={"aoi": demo_cache[1].aoi.model_copy(update={"bbox": tuple(SUB_BBOX)})})
+    names = sorted({g.url.rsplit("/", 1)[-1].removesuffix(".h5")
+                    for t in polaragg.runner.plan_recipe(recipe).tasks for g in t.granules})
+    work = tmp_path / "granules"
+    work.mkdir()
+    for name in names[1:]:
+        shutil.copy(demo_cache[0] / f"{name}.umm.json", work / f"{name}.umm.json")
+        (work / f"{name}.h5").symlink_to(demo_cache[0] / f"{name}.h5")
+    doc = recipe.model_dump(mode="json", by_alias=True)
+    doc["source"] = {"kind": "directory", "path": str(work)}
+    path = _write(tmp_path, doc)
+    store = str(tmp_path / "out.zarr")
+    assert main(["run", path, "--store", store, "--executor", "single-threaded"]) == 0
+    shutil.copy(demo_cache[0] / f"{names[0]}.umm.json", work / f"{names[0]}.umm.json")
+    (work / f"{names[0]}.h5").symlink_to(demo_cache[0] / f"{names[0]}.h5")
+    capsys.readouterr()
+    assert main(["run", path, "--store", store, "--resume"]) == 2
+    added = json.loads((work / f"{names[0]}.umm.json").read_text())["meta"]["concept-id"]
+    line = _one_line_error(capsys)
+    assert "1 granule(s) added" in line and added in line

@@ -88,9 +88,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"note: {line}")
     plan = plan_recipe(recipe, catalog)
     print(f"executor:            {recipe.executor.name} (memory per task {recipe.executor.memory_per_task})")
-    print(describe_plan(plan, top=args.top))
+    from .cost import default_calibration
+
+    print(describe_plan(plan, top=args.top, observations_per_row=default_calibration().observations_per_row))
     print()
-    print(estimate(plan, prices=load_prices(args.prices)).format())
+    print(estimate(plan, prices=load_prices(args.prices), executor=recipe.executor.name).format())
     if args.map:
         from .viz import plot_parent_cells
 
@@ -102,8 +104,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_plan(plan, top: int = 10) -> str:
-    """Human-readable plan: cells, granules, pairs, expected observations, the largest tasks."""
+def describe_plan(plan, top: int = 10, observations_per_row: float = 1.0) -> str:
+    """Human-readable plan: cells, granules, pairs, expected rows and observations, the largest tasks.
+
+    Expected observations are the expected rows times the calibrated share that passes the filters,
+    the same figure the cost estimate uses.
+    """
     import healpix_geo.nested as hpn
     import numpy as np
 
@@ -119,7 +125,9 @@ def describe_plan(plan, top: int = 10) -> str:
         f"granules:            {len(granules):,}",
         f"(cell, granule):     {pairs:,} pairs",
         f"expected rows:       {expected.sum():,.0f} total, {expected.mean() if expected.size else 0:,.0f} per task "
-        f"on average",
+        f"on average (from footprints)",
+        f"expected obs.:       {sum(round(r * observations_per_row) for r in expected):,.0f} "
+        f"(rows x {observations_per_row:.3f} passing the filters; used by the estimate below)",
         f"largest {min(top, len(plan.tasks))} tasks (run first):",
         f"  {'parent':>8} {'children':>11} {'lon':>8} {'lat':>7} {'granules':>8} {'expected rows':>14}",
     ]
