@@ -296,7 +296,7 @@ class RunResult:
 def run_one(recipe, executor: str, workdir: Path, label: str, machine: str) -> RunResult:
     import polaragg
     from polaragg import cost
-    from polaragg.executors import ExecutorChoice
+    from polaragg.domain import ExecutorChoice
     from polaragg.ledger import read_records
 
     cores = 1 if executor == "single-threaded" else ExecutorChoice(executor, recipe.executor.max_workers).workers

@@ -16,18 +16,16 @@ import pytest
 import polaragg
 from polaragg import cloud
 from polaragg.cloud import (
-    CoiledOptions,
     CredentialError,
     CredentialSource,
-    LambdaOptions,
     coiled_cluster_kwargs,
     coiled_function_kwargs,
     lithops_config,
     redact,
     worker_environment,
 )
-from polaragg.executors import ExecutorError
-from polaragg.recipe import RecipeError
+from polaragg.domain import ExecutorError
+from polaragg.recipe import CoiledOptions, LambdaOptions, RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLE = "arn:aws:iam::123456789012:role/lithops-execution"

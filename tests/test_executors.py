@@ -109,7 +109,7 @@ def test_cloud_executors_fail_fast_naming_the_service(executor, service, demo_re
     import socket
     import time
 
-    from polaragg.executors import ExecutorError
+    from polaragg.domain import ExecutorError
 
     def no_network(*args, **kwargs):
         raise socket.gaierror(-2, "Name or service not known")

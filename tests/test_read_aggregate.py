@@ -5,7 +5,8 @@ import healpix_geo.nested as hpn
 import numpy as np
 import pytest
 
-from polaragg.aggregate import Filters, GranuleRef, reduce_parent
+from polaragg.aggregate import reduce_parent
+from polaragg.domain import Filters, GranuleRef
 from polaragg.grid import Grid
 from polaragg.products import atl06
 from polaragg.read import open_granule

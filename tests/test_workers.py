@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from polaragg import executors
-from polaragg.cloud import CoiledOptions, LambdaOptions
-from polaragg.executors import ExecutorChoice, ExecutorError, preflight
+from polaragg.domain import ExecutorChoice, ExecutorError
+from polaragg.executors import preflight
+from polaragg.recipe import CoiledOptions, LambdaOptions
 
 SUB_BBOX = [85.0, -87.0, 95.0, -85.0]
 POLARAGG = Path(sys.executable).with_name("polaragg")

@@ -15,60 +15,18 @@ give those tasks the granule). Rows without valid coordinates are counted there 
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .domain import Filters, FootprintMiss, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
 from .stats import grouped_stats
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which observations count. `quality_max=None` keeps every quality flag."""
-
-    quality_max: int | None = 0
-
-
-@dataclass(frozen=True)
-class GranuleRef:
-    granule_id: str
-    url: str
-
-
-@dataclass(frozen=True)
-class GranuleFailure:
-    granule_id: str
-    reason: str
-    transient: bool
-    attempts: int
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter for transient read failures."""
-
-    attempts: int = 4
-    base_seconds: float = 0.5
-    cap_seconds: float = 20.0
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2.0 ** (attempt - 1)))
-
-
-@dataclass(frozen=True)
-class FootprintMiss:
-    """Rows of a granule that fall in a task whose granule list lacks the granule."""
-
-    granule_id: str
-    task: int
-    rows: int
 
 
 @dataclass(frozen=True)

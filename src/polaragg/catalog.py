@@ -23,9 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .aggregate import GranuleRef
 from .cmr import granule_size_bytes
 from .coverage import footprint_cells
+from .domain import GranuleRef
 from .grid import cells_of_points
 
 logger = logging.getLogger(__name__)

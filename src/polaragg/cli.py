@@ -8,7 +8,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .executors import ALL_EXECUTORS
+from .domain import ALL_EXECUTORS
 
 
 def _demo_recipe_path() -> Path:

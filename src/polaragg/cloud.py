@@ -4,7 +4,6 @@ Everything here is configuration plus fail-fast checks; nothing contacts a cloud
 executor is actually built, and building one first checks, within a few seconds, that the service
 can be reached at all (otherwise `ExecutorError` naming the service).
 
-- `LambdaOptions` / `CoiledOptions`: the `executor.lambda` / `executor.coiled` sections of a recipe.
 - `lithops_config(opts)` -> the Lithops config dict (compute `aws_lambda`, storage `aws_s3`);
   `lambda_executor(opts)` -> Cubed's `LithopsExecutor` after a reachability check of
   `lambda.<region>.amazonaws.com:443`.
@@ -15,14 +14,14 @@ can be reached at all (otherwise `ExecutorError` naming the service).
   (the dict h5coro's S3 driver takes), `CredentialSource` (re-fetches before expiry), and `redact(text,
   secrets)` for every message that might contain them. Values returned by these helpers print as `***`.
 
-This module must not import `polaragg.recipe` (the recipe imports the option models from here).
+The options these functions take are the recipe's `LambdaOptions` / `CoiledOptions` (the
+`executor.lambda` / `executor.coiled` sections, in `polaragg.recipe`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
 import sys
 import threading
@@ -31,9 +30,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from .domain import ExecutorError
+
+if TYPE_CHECKING:
+    from .recipe import CoiledOptions, LambdaOptions
 
 logger = logging.getLogger(__name__)
 
@@ -41,41 +43,9 @@ PREFLIGHT_TIMEOUT_S = 3.0
 COILED_DEFAULT_SERVER = "https://cloud.coiled.io"
 
 
-class _Options(BaseModel):
-    # Same conventions as the models in polaragg.recipe (unknown keys rejected, immutable).
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _executor_error(message: str) -> Exception:
-    # Imported late: polaragg.executors may itself import the recipe, which imports this module.
-    from .executors import ExecutorError
-
-    return ExecutorError(message)
-
-
 # ------------------------------------------------------------------------------------------------
 # AWS Lambda through Lithops
 # ------------------------------------------------------------------------------------------------
-
-_REGION = r"^[a-z]{2}(-[a-z]+)+-\d+$"
-
-
-class LambdaOptions(_Options):
-    """How the Cubed tasks run on AWS Lambda (recipe key `executor.lambda`).
-
-    arm64 is ~20 % cheaper per GB-second than x86_64; 1,769 MB is one vCPU; Earthdata S3 credentials
-    work only from us-west-2, so the functions should run there.
-    """
-
-    architecture: Literal["arm64", "x86_64"] = "arm64"
-    memory_mb: Annotated[int, Field(ge=128, le=10240)] = 2048
-    timeout_s: Annotated[int, Field(ge=1, le=900)] = 900
-    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
-    runtime: Annotated[str, Field(min_length=1)] = "polaragg-lambda:latest"
-    max_workers: Annotated[int, Field(ge=1)] = 1000
-    storage_bucket: str | None = None
-    role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
-
 
 def lithops_config(opts: LambdaOptions, *, credentials_env: bool = True) -> dict[str, Any]:
     """The Lithops config dict: compute backend `aws_lambda`, storage backend `aws_s3`.
@@ -138,19 +108,19 @@ def lambda_preflight(
         hint="check the network route to AWS, or run offline with executor 'lithops-local'",
     )
     if opts.role_arn is None:
-        raise _executor_error(
+        raise ExecutorError(
             "AWS Lambda needs an execution role: set executor.lambda.role_arn to the ARN of the IAM role "
             "the functions run as (see deploy/README.md)"
         )
     if allowed_mem is not None and opts.memory_mb * 1_000_000 < allowed_mem:
-        raise _executor_error(
+        raise ExecutorError(
             f"AWS Lambda functions get executor.lambda.memory_mb={opts.memory_mb} MB, less than the "
             f"{allowed_mem / 1e6:.0f} MB each task may use (executor.memory_per_task); raise memory_mb"
         )
     try:
         import cubed.runtime.executors.lithops  # noqa: F401
     except ImportError:
-        raise _executor_error(
+        raise ExecutorError(
             "AWS Lambda needs the 'lithops' extra: pip install 'polaragg[lithops]' 'lithops[aws]'"
         ) from None
     return host
@@ -218,44 +188,6 @@ def lithops_image_uri(
 # ------------------------------------------------------------------------------------------------
 # Coiled
 # ------------------------------------------------------------------------------------------------
-
-# AWS Graviton (arm64) instance families: a "g" right after the generation digit (c7g, m6gd, c7gn,
-# r8g, t4g, hpc7g, is4gen, im4gn, x2gd, g5g) and a1.
-_AWS_ARM_FAMILY = re.compile(r"^(?:[a-z]+\d+g[a-z-]*|a1)$")
-
-
-def _aws_vm_arch(vm_type: str) -> str | None:
-    if "." not in vm_type:  # not an AWS instance type (e.g. GCP); let Coiled judge
-        return None
-    family = vm_type.split(".", 1)[0].lower()
-    return "arm64" if _AWS_ARM_FAMILY.match(family) else "x86_64"
-
-
-class CoiledOptions(_Options):
-    """How the Dask (or Cubed) tasks run on Coiled (recipe key `executor.coiled`)."""
-
-    mode: Literal["cluster", "functions"] = "cluster"
-    n_workers: Annotated[int, Field(ge=1)] = 10
-    worker_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.xlarge"]
-    scheduler_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.large"]
-    spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = "spot_with_fallback"
-    arm: bool = True
-    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
-    name: str | None = None
-    idle_timeout: str = "20 minutes"
-    software: str | None = None
-
-    @model_validator(mode="after")
-    def _architecture_matches(self) -> "CoiledOptions":
-        want = "arm64" if self.arm else "x86_64"
-        for field in ("worker_vm_types", "scheduler_vm_types"):
-            wrong = [vm for vm in getattr(self, field) if _aws_vm_arch(vm) not in (None, want)]
-            if wrong:
-                raise ValueError(
-                    f"{field} {wrong} are not {want} instance types but arm is {str(self.arm).lower()}"
-                )
-        return self
-
 
 def coiled_cluster_kwargs(opts: CoiledOptions) -> dict[str, Any]:
     """Keyword arguments for `coiled.Cluster(...)` (names checked against coiled 1.135)."""
@@ -325,7 +257,7 @@ def coiled_preflight(timeout: float = PREFLIGHT_TIMEOUT_S) -> str:
     try:
         import coiled  # noqa: F401
     except ImportError:
-        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+        raise ExecutorError("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
     return host
 
 
@@ -349,7 +281,7 @@ def _coiled_preflight(timeout: float) -> str:
         token = None
     if not token:
         # Without a token coiled starts an interactive browser login and waits.
-        raise _executor_error(
+        raise ExecutorError(
             "Coiled has no API token on this machine: run `coiled login` (or set DASK_COILED__TOKEN)"
         )
     return host
@@ -371,7 +303,7 @@ def coiled_client(
     try:
         import coiled
     except ImportError:
-        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+        raise ExecutorError("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
     secrets = _secret_values(credentials)
     failure = None
     try:
@@ -382,7 +314,7 @@ def coiled_client(
     except Exception as exc:  # noqa: BLE001 - any failure becomes one clear, redacted message
         failure = f"{type(exc).__name__}: {exc}"
     # Raised outside the except block so the original exception (and any secret in it) is not chained.
-    raise _executor_error(redact(f"Coiled ({host}) could not start a cluster: {failure}", secrets))
+    raise ExecutorError(redact(f"Coiled ({host}) could not start a cluster: {failure}", secrets))
 
 
 def coiled_functions_executor(
@@ -396,7 +328,7 @@ def coiled_functions_executor(
     try:
         from cubed.runtime.executors.coiled import CoiledExecutor
     except ImportError:
-        raise _executor_error("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
+        raise ExecutorError("Coiled needs the 'coiled' extra: pip install 'polaragg[coiled]'") from None
     return CoiledExecutor(**coiled_function_kwargs(opts, credentials))
 
 
@@ -419,7 +351,7 @@ def check_reachable(
         message = f"{service} is not reachable: {reason}"
         if hint:
             message += f" ({hint})"
-        raise _executor_error(message) from None
+        raise ExecutorError(message) from None
 
 
 def _connect(host: str, port: int, timeout: float) -> None:

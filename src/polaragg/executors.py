@@ -16,13 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
-CUBED_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "lambda")
-DASK_EXECUTORS = ("dask", "dask-distributed", "coiled")
-ALL_EXECUTORS = CUBED_EXECUTORS + DASK_EXECUTORS
-LOCAL_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed")
+from . import cloud
+from .domain import ALL_EXECUTORS, DASK_EXECUTORS, LOCAL_EXECUTORS, ExecutorChoice, ExecutorError
 
 # Tasks per `processes` worker before it is replaced (a reused worker keeps part of the heap of the
 # big tasks it ran first; benchmarks/memory.py). None: Python's pool deadlocks once a worker retires
@@ -31,29 +27,6 @@ LOCAL_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "
 TASKS_PER_WORKER: int | None = None
 CLIENT_MARKER = "POLARAGG_CLIENT"  # environment variable naming the client that started a process
 REAP_INTERVAL_S = 0.25
-
-
-class ExecutorError(RuntimeError):
-    """An executor that cannot be built or reached; the message names the service."""
-
-
-@dataclass(frozen=True)
-class ExecutorChoice:
-    name: str
-    max_workers: int | None = None
-    lambda_options: Any = None  # cloud.LambdaOptions for `lambda`
-    coiled_options: Any = None  # cloud.CoiledOptions for `coiled`
-    allowed_mem: int | None = None  # bytes a task may use
-
-    @property
-    def engine(self) -> str:
-        if self.name == "coiled" and getattr(self.coiled_options, "mode", "cluster") == "functions":
-            return "cubed"
-        return "dask" if self.name in DASK_EXECUTORS else "cubed"
-
-    @property
-    def workers(self) -> int:
-        return self.max_workers or os.cpu_count() or 1
 
 
 def cubed_executor(choice: ExecutorChoice):
@@ -83,13 +56,11 @@ def cubed_executor(choice: ExecutorChoice):
         guard_workers()  # Lithops localhost runs each task in its own interpreter, in a new session
         return LithopsExecutor(config=config)
     if choice.name == "lambda":
-        from .cloud import LambdaOptions, lambda_executor
+        from .recipe import LambdaOptions
 
-        return lambda_executor(choice.lambda_options or LambdaOptions(), allowed_mem=choice.allowed_mem)
+        return cloud.lambda_executor(choice.lambda_options or LambdaOptions(), allowed_mem=choice.allowed_mem)
     if choice.name == "coiled" and choice.engine == "cubed":
-        from .cloud import coiled_functions_executor
-
-        return coiled_functions_executor(choice.coiled_options)
+        return cloud.coiled_functions_executor(choice.coiled_options)
     if choice.name in DASK_EXECUTORS:
         raise ExecutorError(f"{choice.name} is a Dask executor, not a Cubed one")
     raise ExecutorError(f"unknown executor {choice.name!r}; expected one of {', '.join(ALL_EXECUTORS)}")
@@ -122,9 +93,9 @@ def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
                 Client(cluster) as client:
             return client.compute(arr).result()
     if choice.name == "coiled":
-        from .cloud import CoiledOptions, coiled_client
+        from .recipe import CoiledOptions
 
-        client = coiled_client(choice.coiled_options or CoiledOptions())
+        client = cloud.coiled_client(choice.coiled_options or CoiledOptions())
         try:
             return client.compute(arr).result()
         finally:
@@ -139,12 +110,12 @@ def preflight(choice: ExecutorChoice) -> None:
     A no-op for local executors. `lambda` and `coiled` raise `ExecutorError` with one line naming the
     service (and its host) when it cannot be reached or is not configured; nothing is started.
     """
-    from . import cloud
-
     if choice.name in LOCAL_EXECUTORS:
         return
     if choice.name == "lambda":
-        cloud.lambda_preflight(choice.lambda_options or cloud.LambdaOptions(), allowed_mem=choice.allowed_mem)
+        from .recipe import LambdaOptions
+
+        cloud.lambda_preflight(choice.lambda_options or LambdaOptions(), allowed_mem=choice.allowed_mem)
         return
     if choice.name == "coiled":
         cloud.coiled_preflight()

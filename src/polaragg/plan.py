@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .aggregate import Filters, GranuleRef, RetryPolicy, TaskLayout, TaskResult, reduce_parent
+from .aggregate import TaskLayout, TaskResult, reduce_parent
 from .catalog import Catalog
+from .domain import Filters, GranuleRef, RetryPolicy
 from .grid import Grid
 from .ledger import TaskRecord, write_record
 from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak

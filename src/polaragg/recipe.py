@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .aggregate import Filters, RetryPolicy
-from .cloud import CoiledOptions, LambdaOptions
-from .grid import Grid
+from .domain import Filters, RetryPolicy
+
+if TYPE_CHECKING:
+    from .grid import Grid
 
 
 class RecipeError(ValueError):
@@ -171,6 +173,8 @@ class GridConfig(_Model):
         return self
 
     def grid(self) -> Grid:
+        from .grid import Grid  # the grid's code needs numpy and healpix_geo; the configuration does not
+
         return Grid(self.parent_order, self.child_order)
 
 
@@ -190,6 +194,64 @@ class RetryConfig(_Model):
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.attempts, self.base_seconds, self.cap_seconds)
+
+
+_REGION = r"^[a-z]{2}(-[a-z]+)+-\d+$"
+
+
+class LambdaOptions(_Model):
+    """How the Cubed tasks run on AWS Lambda (recipe key `executor.lambda`).
+
+    arm64 is ~20 % cheaper per GB-second than x86_64; 1,769 MB is one vCPU; Earthdata S3 credentials
+    work only from us-west-2, so the functions should run there.
+    """
+
+    architecture: Literal["arm64", "x86_64"] = "arm64"
+    memory_mb: Annotated[int, Field(ge=128, le=10240)] = 2048
+    timeout_s: Annotated[int, Field(ge=1, le=900)] = 900
+    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
+    runtime: Annotated[str, Field(min_length=1)] = "polaragg-lambda:latest"
+    max_workers: Annotated[int, Field(ge=1)] = 1000
+    storage_bucket: str | None = None
+    role_arn: Annotated[str, Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$")] | None = None
+
+
+# AWS Graviton (arm64) instance families: a "g" right after the generation digit (c7g, m6gd, c7gn,
+# r8g, t4g, hpc7g, is4gen, im4gn, x2gd, g5g) and a1.
+_AWS_ARM_FAMILY = re.compile(r"^(?:[a-z]+\d+g[a-z-]*|a1)$")
+
+
+def _aws_vm_arch(vm_type: str) -> str | None:
+    if "." not in vm_type:  # not an AWS instance type (e.g. GCP); let Coiled judge
+        return None
+    family = vm_type.split(".", 1)[0].lower()
+    return "arm64" if _AWS_ARM_FAMILY.match(family) else "x86_64"
+
+
+class CoiledOptions(_Model):
+    """How the Dask (or Cubed) tasks run on Coiled (recipe key `executor.coiled`)."""
+
+    mode: Literal["cluster", "functions"] = "cluster"
+    n_workers: Annotated[int, Field(ge=1)] = 10
+    worker_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.xlarge"]
+    scheduler_vm_types: Annotated[list[str], Field(min_length=1)] = ["c7g.large"]
+    spot_policy: Literal["on-demand", "spot", "spot_with_fallback"] = "spot_with_fallback"
+    arm: bool = True
+    region: Annotated[str, Field(pattern=_REGION)] = "us-west-2"
+    name: str | None = None
+    idle_timeout: str = "20 minutes"
+    software: str | None = None
+
+    @model_validator(mode="after")
+    def _architecture_matches(self) -> "CoiledOptions":
+        want = "arm64" if self.arm else "x86_64"
+        for field in ("worker_vm_types", "scheduler_vm_types"):
+            wrong = [vm for vm in getattr(self, field) if _aws_vm_arch(vm) not in (None, want)]
+            if wrong:
+                raise ValueError(
+                    f"{field} {wrong} are not {want} instance types but arm is {str(self.arm).lower()}"
+                )
+        return self
 
 
 ExecutorName = Literal[

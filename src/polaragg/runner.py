@@ -22,10 +22,10 @@ from typing import TextIO
 import numpy as np
 import xarray as xr
 
-from .aggregate import GranuleRef
 from .catalog import Catalog
 from .cost import run_cost
-from .executors import ExecutorChoice, cubed_executor, preflight
+from .domain import ExecutorChoice, GranuleRef
+from .executors import cubed_executor, preflight
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
 from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
