@@ -1,11 +1,12 @@
 """Vectorised per-cell statistics of ATL06 heights, plus mergeable sufficient statistics.
 
-Everything is computed over whole arrays: `np.bincount` for sums, one `np.lexsort` (cell, height)
-for minima, maxima and exact quantiles. There is no Python loop over cells or rows.
+Everything is computed over whole arrays: `np.bincount` for sums, one sort of a packed uint64 key
+(cell, height) for minima, maxima and exact quantiles. There is no Python loop over cells or rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,9 +64,14 @@ def grouped_stats(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndar
     Returns a (n_cells, len(STATS)) float64 block in STAT_NAMES column order; counts are exact
     integers stored as float64 (exact below 2**53). Cells without observations have count 0 and NaN
     finished statistics.
+
+    Sums are `bincount`s over the rows in input order, so they do not depend on how the rows are
+    sorted. Minima, maxima and quantiles are read at segment offsets of the heights sorted by
+    (cell, h), the order a stable lexsort of (h, cell) gives (see `_heights_by_cell`).
     """
     cell = np.asarray(cell, dtype=np.intp)
-    h = np.asarray(h, dtype=np.float64)
+    h_in = np.asarray(h)
+    h = np.asarray(h_in, dtype=np.float64)
     w = 1.0 / np.square(np.asarray(sigma, dtype=np.float64))
     t = np.asarray(t, dtype=np.float64)
     block = empty_block(n_cells)
@@ -92,25 +98,76 @@ def grouped_stats(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndar
         block[has, col["h_var"]] = m2[has] / count[has]
         block[has, col["t_mean"]] = sum_t[has] / count[has]
 
-    order = np.lexsort((h, cell))
-    hs = h[order]
     n = count[has].astype(np.intp)
     start = np.concatenate(([0], np.cumsum(n)[:-1]))
-    block[has, col["h_min"]] = hs[start]
-    block[has, col["h_max"]] = hs[start + n - 1]
+    pick = _heights_by_cell(cell, h_in, h, n_cells)
+    block[has, col["h_min"]] = pick(start)
+    block[has, col["h_max"]] = pick(start + n - 1)
     for name, q in QUANTILES.items():
-        block[has, col[name]] = _sorted_quantile(hs, start, n, q)
+        block[has, col[name]] = _sorted_quantile(pick, start, n, q)
     return block
 
 
-def _sorted_quantile(hs: np.ndarray, start: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
-    """numpy's default ('linear') quantile of each sorted segment hs[start:start+n]."""
+_SIGN32 = np.uint32(0x80000000)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _heights_by_cell(cell: np.ndarray, h_in: np.ndarray, h: np.ndarray,
+                     n_cells: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that returns the heights at given positions of the rows sorted by (cell, h).
+
+    The order is exactly that of `np.lexsort((h, cell))`, with equal heights (only +0.0 and -0.0,
+    or NaNs, compare equal while differing in bits) in input order, so every value returned has the
+    bits the lexsort would give.
+
+    When every height is a float32 (h_li is stored as float32) other than NaN or -0.0 and the cells
+    fit 32 bits, one sort of the uint64 key `cell << 32 | order-preserving bits of float32 h`
+    does it: the float32 bits order exactly like the float64 values, and only the positions asked
+    for are decoded from the key. Otherwise the rows are sorted by height and then stably by cell.
+
+    The key sort is numpy's stable one (a merge sort that finds runs), although any order of equal
+    keys would do: rows arrive in along-track order, so a cell's rows come in runs of slowly varying
+    height, and on the demo's tasks that sort takes about half the time of the default one (it is
+    about 1.2x slower on rows in random order).
+    """
+    if n_cells <= 1 << 32:
+        if h_in.dtype == np.float32:
+            h32 = h_in
+        else:
+            with np.errstate(over="ignore"):  # out of float32 range: not exact, so not this path
+                h32 = h.astype(np.float32)
+        bits = h32.view(np.uint32)
+        # Exact in float32 (NaN fails this too), and no -0.0, which would sort before +0.0.
+        if (h_in.dtype == np.float32 and not np.isnan(h32).any()) or np.array_equal(h32, h):
+            if not (bits == _SIGN32).any():
+                # Positive floats: set the sign bit; negative ones: flip every bit.
+                flip = (bits >> np.uint32(31)) * np.uint32(0xFFFFFFFF) | _SIGN32
+                key = cell.astype(np.uint64) << np.uint64(32)
+                key |= bits ^ flip
+                key.sort(kind="stable")
+
+                def pick(pos: np.ndarray) -> np.ndarray:
+                    kb = (key[pos] & _LOW32).astype(np.uint32)
+                    unflip = np.where(kb & _SIGN32, _SIGN32, np.uint32(0xFFFFFFFF))
+                    return (kb ^ unflip).view(np.float32).astype(np.float64)
+
+                return pick
+    # Only signed zeros and NaNs compare equal with different bits: keep their input order then.
+    ties = bool(np.isnan(h).any() or ((h == 0) & np.signbit(h)).any())
+    by_h = np.argsort(h, kind="stable" if ties else None)
+    narrow = np.uint16 if n_cells <= 1 << 16 else np.uint32 if n_cells <= 1 << 32 else np.intp
+    hs = h[by_h][np.argsort(cell.astype(narrow)[by_h], kind="stable")]
+    return lambda pos: hs[pos]
+
+
+def _sorted_quantile(pick, start: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
+    """numpy's default ('linear') quantile of each sorted segment [start, start + n), read by `pick`."""
     pos = q * (n - 1)
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, n - 1)
     frac = pos - lo
-    a = hs[start + lo]
-    b = hs[start + hi]
+    a = pick(start + lo)
+    b = pick(start + hi)
     # The same two-sided lerp numpy uses, so results agree to the last bit for most inputs.
     return np.where(frac >= 0.5, b - (b - a) * (1.0 - frac), a + (b - a) * frac)
 
