@@ -126,36 +126,56 @@ def run(
     plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
     inputs = _inputs(plan, catalog)
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
+    job = _Job(recipe, store, choice, state, resume, plan, catalog, inputs, fingerprint, progress, stream, start)
     try:
-        return _run_locked(recipe, store, choice, state, resume, plan, catalog, inputs, fingerprint, progress,
-                           stream, start)
+        return _run_locked(job)
     except OSError as exc:
         if exc.errno is not None and not exc.filename:  # name the store a disk or permission error is about
             raise type(exc)(exc.errno, exc.strerror or str(exc), store) from exc
         raise
 
 
-def _run_locked(recipe: Recipe, store: str, choice: ExecutorChoice, state: str, resume: bool, plan: Plan,
-                catalog: Catalog, inputs: list[dict], fingerprint: str, progress: bool, stream: TextIO,
-                start: float) -> RunSummary:
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """Everything a run decided before taking the store's lock."""
+
+    recipe: Recipe
+    store: str
+    choice: ExecutorChoice
+    state: str  # what inspect_target found at the store path
+    resume: bool
+    plan: Plan
+    catalog: Catalog
+    inputs: list[dict]
+    fingerprint: str
+    progress: bool
+    stream: TextIO
+    start: float
+
+
+def _run_locked(job: _Job) -> RunSummary:
+    """Under the store's lock: make or check the store, run every task (and footprint repairs), summarise."""
     from .lock import acquire
+
+    recipe, store, choice, plan, fingerprint, stream = (job.recipe, job.store, job.choice, job.plan,
+                                                        job.fingerprint, job.stream)
 
     with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
-        if resume and state == "polaragg":
-            records = _check_resumable(store, recipe.fingerprint(), fingerprint, inputs, plan)
+        if job.resume and job.state == "polaragg":
+            records = _check_resumable(store, recipe.fingerprint(), fingerprint, job.inputs, plan)
             done = _verified_done(store, records, fingerprint, plan, stream)
         else:
-            if state == "polaragg":
+            if job.state == "polaragg":
                 remove_store(store)
             clear_records(store)  # records left beside a store that is gone
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
-                          "inputs_fingerprint": _digest(inputs), "run_fingerprint": fingerprint},
+                          "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint},
                          chunk=plan.chunk_cells)
-            write_inputs(store, inputs)
-        refs = _refs_by_id(catalog)
-        with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if progress \
+            write_inputs(store, job.inputs)
+        refs = _refs_by_id(job.catalog)
+        with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
             records = _fresh_records(store)
             for round_ in range(REPAIR_ROUNDS + 1):
@@ -171,9 +191,9 @@ def _run_locked(recipe: Recipe, store: str, choice: ExecutorChoice, state: str, 
                 _compute_with_retries(current, target, choice, order, recipe)
                 records = _fresh_records(store)
         records_list = read_records(store)
-        wall = time.perf_counter() - start
+        wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
-                            granules=len(inputs), child_cells_with_data=_child_cells_with_data(store))
+                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store))
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())})
