@@ -9,6 +9,7 @@ from pathlib import Path
 
 import polaragg
 import polaragg.ledger
+import polaragg.sources
 from polaragg.validate import validate_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +38,16 @@ def _files(store: Path) -> set[str]:
 
 def test_cubed_and_dask_write_the_same_chunk_files(demo_recipe, tmp_path):
     recipe = demo_recipe.model_copy(update={"aoi": demo_recipe.aoi.model_copy(update={"bbox": EDGE_BBOX})})
-    stores = {}
+    stores, summaries = {}, {}
     for executor in ("single-threaded", "dask"):
         stores[executor] = tmp_path / f"{executor}.zarr"
-        polaragg.run(recipe, store=str(stores[executor]), executor=executor, progress=False)
+        summaries[executor] = polaragg.run(recipe, store=str(stores[executor]), executor=executor, progress=False)
     cubed, dask = (_files(stores[e]) for e in ("single-threaded", "dask"))
     assert cubed == dask
     records = polaragg.ledger.read_records(str(stores["dask"]))
     assert any(r.observations == 0 for r in records)
     assert len([f for f in cubed if f.startswith("count/c/")]) == len(records)  # empty chunks written too
+    # The summary's Granules are those of the planned tasks, not the whole catalog.
+    planned = {g.granule_id for t in polaragg.runner.plan_recipe(recipe).tasks for g in t.granules}
+    catalog = polaragg.sources.load_catalog(recipe)
+    assert summaries["dask"].granules == len(planned) < len(catalog.granules)
