@@ -83,9 +83,11 @@ class Plan:
     def layout(self) -> TaskLayout:
         return TaskLayout(self.parents, self.split, self.grid)
 
-    def run_task(self, index: int) -> TaskResult:
+    def run_task(self, index: int, check_footprints: bool = True) -> TaskResult:
+        """Reduce one task. Footprint checks only pay off where their misses are repaired (`run`), so
+        the lazy Dataset's blocks skip them."""
         task = self.tasks[index]
-        check = {g: frozenset(listed) for g, listed in task.check}
+        check = {g: frozenset(listed) for g, listed in task.check} if check_footprints else {}
         return reduce_parent(
             task.parent, list(task.granules), self.grid, reader=self.reader, filters=self.filters,
             storage_options=self.storage_options, child_range=(task.child_lo, task.child_hi), retry=self.retry,
@@ -229,7 +231,7 @@ class _StatsBlock:
         self.plan = plan
 
     def __call__(self, *_: object, block_id: tuple[int, int]) -> np.ndarray:
-        return self.plan.run_task(block_id[0]).block
+        return self.plan.run_task(block_id[0], check_footprints=False).block
 
 
 class _BlockCache:
@@ -256,7 +258,7 @@ class _BlockCache:
                 entry = self._entries[key] = [threading.Lock(), None, len(STATS)]
         with entry[0]:
             if entry[1] is None:
-                entry[1] = plan.run_task(index).block
+                entry[1] = plan.run_task(index, check_footprints=False).block
             block = entry[1]
         with self._lock:
             entry[2] -= 1

@@ -73,7 +73,8 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     """The recipe's statistics as a lazy Dataset (dimension `cells`, one chunk per parent cell).
 
     Nothing is read until compute; selecting cells and computing reads only the granules of the
-    parent cells involved.
+    parent cells involved. Rows outside a granule's footprint are found and repaired only by `run`
+    (its footprint checks need the whole run), so for a catalog whose footprints may lie, use `run`.
     """
     recipe = _as_recipe(recipe)
     plan = plan_recipe(recipe)
