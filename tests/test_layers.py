@@ -29,8 +29,9 @@ LAYERS: dict[str, set[str]] = {
     "config": {"recipe"},
     # HEALPix conventions, exact coverage, geometry, reductions, the memory model
     "domain": {"grid", "products", "products.atl06", "stats", "coverage", "aoi", "memory"},
-    # granules, Zarr store, ledger, lock, CMR, catalog, sources, synthetic granules, checks and maps of a store
-    "io": {"fs", "read", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
+    # granules, Zarr store, ledger, lock, CMR, catalog, sources, synthetic granules, checks and maps of a store,
+    # the retry policy they share
+    "io": {"fs", "retry", "read", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
     # one task, the plan, executors and cloud services, cost, progress, the runner
     "execution": {"aggregate", "plan", "executors", "cloud", "cost", "progress", "runner"},
     # the public entry points: the package namespace, the command line, build scripts

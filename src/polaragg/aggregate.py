@@ -26,6 +26,7 @@ from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
+from .retry import retrying
 from .stats import grouped_stats
 
 
@@ -180,24 +181,32 @@ def _read_with_retries(
     ref: GranuleRef, job: _ReadJob, retry: RetryPolicy, acc: _Collected,
     check: tuple[frozenset[int], TaskLayout] | None = None,
 ) -> tuple[GranuleFailure | None, _Collected]:
-    """Read one granule into `acc`, retrying transient failures; only a complete read is kept."""
+    """Read one granule into `acc`, retrying transient failures under `retry`; only a complete read is kept.
+
+    `EndpointUnreachable` propagates at once (nothing was learnt about the granule: the task stops and
+    the run with it); any other failure is returned as a `GranuleFailure` with the tries it took.
+    """
     attempt = 0
-    while True:
-        attempt += 1
-        part = _Collected()
-        try:
-            _read_granule(ref, job, part, check)
-        except EndpointUnreachable:
-            raise  # nothing was learnt about the granule: the task stops and the run with it
-        except GranuleError as exc:
-            if exc.transient and attempt < retry.attempts:
-                time.sleep(retry.delay(attempt))
-                continue
-            return GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt), part
-        except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
-            return GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt), part
-        acc.add(part)
-        return None, part
+    part = _Collected()
+    try:
+        for trial in retrying(retry, _transient_read):
+            with trial:
+                attempt = trial.retry_state.attempt_number
+                part = _Collected()
+                _read_granule(ref, job, part, check)
+    except EndpointUnreachable:
+        raise
+    except GranuleError as exc:
+        return GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt), part
+    except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
+        return GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt), part
+    acc.add(part)
+    return None, part
+
+
+def _transient_read(exc: BaseException) -> bool:
+    """Whether a failed granule read is worth another try: only a `GranuleError` marked transient."""
+    return isinstance(exc, GranuleError) and exc.transient
 
 
 def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected,

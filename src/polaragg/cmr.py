@@ -15,7 +15,8 @@ a python-cmr ``GranuleQuery`` underneath). Every HTTP request is made by earthac
 * replaces ``query.session`` with :class:`_CmrSession`, a ``requests.Session`` subclass that gives every
   request a (connect, read) timeout, streams the body under a per-request deadline, retries transient
   failures (HTTP 429/500/502/503/504, refused/reset/dropped connections, timeouts) with capped
-  exponential backoff and full jitter, fails at once on other HTTP errors (400, 404, ...) and enforces
+  exponential backoff and full jitter (the package's one retry policy, ``retry.retrying``, honouring a
+  server's ``Retry-After`` up to the cap), fails at once on other HTTP errors (400, 404, ...) and enforces
   ``total_timeout`` on the whole search. earthaccess sets no timeout of its own, so without this a
   silent server hangs the search forever;
 * drives the paging. ``DataGranules.get(limit)`` always uses ``page_size = min(limit, 2000)``, so
@@ -66,6 +67,9 @@ from typing import Any
 
 import requests
 import urllib3
+
+from .domain import RetryPolicy
+from .retry import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -396,6 +400,7 @@ class _CmrSession(requests.Session):
         self.page_headers: Mapping[str, str] | None = None  # headers of the last successful response
         self.page_attempts = 0
         self.requests_made = 0
+        self._last: _Transient | None = None  # the last transient failure of the current request
         try:
             import earthaccess
 
@@ -410,44 +415,72 @@ class _CmrSession(requests.Session):
     def request(  # type: ignore[override]
         self, method: str, url: str, *args: Any, **kwargs: Any
     ) -> requests.Response:
+        """One request under the shared retry policy: `retries` + 1 tries, full-jitter backoff, a deadline."""
         s = self._settings
-        max_attempts = int(s.retries) + 1
-        last: _Transient | None = None
-        attempt = 0
-        while attempt < max_attempts:
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._total_timeout_error(attempt, last)
-            attempt += 1
-            self.page_attempts = attempt
-            budget = min(float(s.timeout), remaining)
-            try:
-                return self._attempt(method, url, budget, attempt, args, kwargs)
-            except _Transient as exc:
-                last = exc
-            if last.timed_out and time.monotonic() >= self._deadline - 1e-3:
-                raise self._total_timeout_error(attempt, last)
-            if attempt >= max_attempts:
-                break
-            delay = self._backoff(attempt, last)
-            if time.monotonic() + delay >= self._deadline:
-                raise self._total_timeout_error(attempt, last)
-            logger.warning(
-                "CMR %s: attempt %d/%d failed (%s); retrying in %.2f s",
-                self._label, attempt, max_attempts, last.reason, delay,
-            )
-            time.sleep(delay)
-        assert last is not None
+        policy = RetryPolicy(int(s.retries) + 1, float(s.backoff), float(s.backoff_cap))
+        self._last = None
+        response: requests.Response | None = None
+        for trial in retrying(
+            policy,
+            lambda exc: isinstance(exc, _Transient),
+            wait=lambda state: self._backoff(policy, state.attempt_number, state.outcome.exception()),
+            stop=self._past_deadline,
+            before_sleep=lambda state: self._log_retry(state, policy),
+            give_up=lambda state: self._give_up(state, policy),
+        ):
+            with trial:
+                response = self._try(method, url, trial.retry_state.attempt_number, args, kwargs)
+        assert response is not None
+        return response
+
+    def _try(self, method: str, url: str, attempt: int, args: tuple, kwargs: dict) -> requests.Response:
+        """Try `attempt` (1-based) of a request, within what is left of the search's deadline."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._total_timeout_error(attempt - 1, self._last)
+        self.page_attempts = attempt
+        budget = min(float(self._settings.timeout), remaining)
+        try:
+            return self._attempt(method, url, budget, attempt, args, kwargs)
+        except _Transient as exc:
+            self._last = exc
+            raise
+
+    def _timed_out_at_deadline(self, failure: BaseException | None) -> bool:
+        """A try that timed out because the search's deadline cut its budget: no time is left to retry."""
+        timed_out = isinstance(failure, _Transient) and failure.timed_out
+        return timed_out and time.monotonic() >= self._deadline - 1e-3
+
+    def _past_deadline(self, state: Any) -> bool:
+        """Stop (besides the attempt limit) when the deadline is reached or the next backoff would pass it."""
+        if self._timed_out_at_deadline(state.outcome.exception()):
+            return True
+        return time.monotonic() + state.upcoming_sleep >= self._deadline
+
+    def _give_up(self, state: Any, policy: RetryPolicy) -> None:
+        """The error for a request whose retries stopped: the deadline's, or that of the spent attempts."""
+        attempt = state.attempt_number
+        last = state.outcome.exception()
+        if self._timed_out_at_deadline(last) or attempt < policy.attempts:
+            raise self._total_timeout_error(attempt, last)
         raise CmrError(
             f"CMR search on {self._label} failed: {last.reason}; gave up after {attempt} attempt(s)",
             host=self._label, attempts=attempt, status=last.status, reason=last.reason,
         )
 
-    def _backoff(self, attempt: int, failure: _Transient) -> float:
-        s = self._settings
-        delay = self._rng.uniform(0.0, min(s.backoff_cap, s.backoff * 2.0 ** (attempt - 1)))
-        if failure.retry_after is not None:
-            delay = max(delay, min(failure.retry_after, s.backoff_cap))
+    def _log_retry(self, state: Any, policy: RetryPolicy) -> None:
+        logger.warning(
+            "CMR %s: attempt %d/%d failed (%s); retrying in %.2f s",
+            self._label, state.attempt_number, policy.attempts, state.outcome.exception().reason,
+            state.upcoming_sleep,
+        )
+
+    def _backoff(self, policy: RetryPolicy, attempt: int, failure: BaseException | None) -> float:
+        """The policy's full-jitter delay, raised to a server's Retry-After (itself capped)."""
+        delay = policy.delay(attempt, self._rng)
+        retry_after = getattr(failure, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, policy.cap_seconds))
         return delay
 
     def _total_timeout_error(self, attempts: int, last: _Transient | None) -> CmrError:

@@ -39,14 +39,21 @@ class GranuleFailure:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for transient read failures."""
+    """Exponential backoff with full jitter for transient failures: at most `attempts` tries in all.
+
+    `retry.retrying` turns a policy into the retry loop every caller shares (granule reads, CMR pages).
+    """
 
     attempts: int = 4
     base_seconds: float = 0.5
     cap_seconds: float = 20.0
 
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.cap_seconds, self.base_seconds * 2.0 ** (attempt - 1)))
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to sleep after failed try `attempt` (counted from 1).
+
+        Drawn uniformly from [0, min(cap_seconds, base_seconds * 2**(attempt - 1))]: full jitter.
+        """
+        return (rng or random).uniform(0.0, min(self.cap_seconds, self.base_seconds * 2.0 ** (attempt - 1)))
 
 
 @dataclass(frozen=True)
