@@ -227,16 +227,12 @@ def markdown(rows: list[dict], machine: str, date: str) -> str:
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, Python {sys.version.split()[0]}"
+    """The machine line, from the main benchmark's own description of this machine."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run import machine_info
+
+    info = machine_info()
+    return f"{info['cpu']}, {info['cores']} cores, Python {sys.version.split()[0]}"
 
 
 def main(argv: list[str] | None = None) -> int:
