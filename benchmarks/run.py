@@ -295,7 +295,7 @@ class RunResult:
 
 def run_one(recipe, executor: str, workdir: Path, label: str, machine: str) -> RunResult:
     import polaragg
-    from polaragg import cost
+    from polaragg import calibration, cost, prices
     from polaragg.domain import ExecutorChoice
     from polaragg.ledger import read_records
 
@@ -321,15 +321,15 @@ def run_one(recipe, executor: str, workdir: Path, label: str, machine: str) -> R
         out.median_task_peak_bytes = int(statistics.median(peaks)) if peaks else 0
         parents = {r.parent for r in records}
         out.split = len(records) // max(1, len(parents))
-        prices = cost.load_prices()
-        actual = cost.run_cost(records, prices, executor=executor, wall_seconds=out.wall)
+        table = prices.load_prices()
+        actual = cost.run_cost(records, table, executor=executor, wall_seconds=out.wall)
         out.run_lambda_usd = actual.lambda_usd
         out.run_coiled_usd = actual.coiled_usd
-        cal = cost.calibrate(records, name=f"bench-{label}", machine=machine)
+        cal = calibration.calibrate(records, name=f"bench-{label}", machine=machine)
         out.cal_us_per_row = cal.seconds_per_row * 1e6
         out.cal_ms_per_granule = cal.seconds_per_granule * 1e3
         out.cal_r2 = cal.r2
-        cycle = cost.project_full_cycle(cal, prices)
+        cycle = cost.project_full_cycle(cal, table)
         out.cycle_task_hours = cycle.task_seconds / 3600.0
         out.cycle_wall = cycle.wall_seconds if cycle.wall_seconds is not None else math.nan
         out.cycle_lambda_usd = cycle.lambda_usd
@@ -361,13 +361,13 @@ def best_of(recipe, executor: str, workdir: Path, label: str, machine: str, repe
 
 def reference_projection() -> dict:
     """The shipped Lambda-on-S3 calibration projected the same way (reads from S3 dominate there)."""
-    from polaragg import cost
+    from polaragg import calibration, cost, prices
 
     try:
-        cal = cost.default_calibration("field-lambda-s3")
+        cal = calibration.default_calibration("field-lambda-s3")
     except Exception:
         return {}
-    cycle = cost.project_full_cycle(cal, cost.load_prices())
+    cycle = cost.project_full_cycle(cal, prices.load_prices())
     return {"us_per_row": cal.seconds_per_row * 1e6, "task_hours": cycle.task_seconds / 3600.0,
             "lambda_usd": cycle.lambda_usd, "coiled_usd": cycle.coiled_usd, "s3_usd": cycle.s3_usd,
             "wall": cycle.wall_seconds}
@@ -634,10 +634,11 @@ def _notes_md(ctx: dict, runs: list[RunResult], floor: Floor) -> list[str]:
         "- *peak task MiB*: the largest per-task peak RSS of the ledger (VmHWM reset at each task start). "
         "Separate worker processes (`processes`, `lithops-local`, `dask-distributed`) measure one task; "
         "threaded executors (`threads`, `dask`) share one process, so their figure is the whole process.",
-        "- *full cycle*: `cost.calibrate(records)` on this run's ledger (seconds = a x rows + b x granules + c), "
-        "then `cost.project_full_cycle` (1.37e9 observations, ~1,330 tasks, shipped prices): task-hours, the "
-        "Lambda bill (arm64, 2 GB, one invocation per task) and the Coiled bill (c7g.4xlarge on-demand, "
-        "task-seconds packed on its vCPUs, + $0.05/CPU-h platform fee); S3 requests are extra "
+        "- *full cycle*: `calibration.calibrate(records)` on this run's ledger "
+        "(seconds = a x rows + b x granules + c), then `cost.project_full_cycle` (1.37e9 observations, "
+        "~1,330 tasks, shipped prices): task-hours, the Lambda bill (arm64, 2 GB, one invocation per task) "
+        "and the Coiled bill (c7g.4xlarge on-demand, task-seconds packed on its vCPUs, + $0.05/CPU-h "
+        "platform fee); S3 requests are extra "
         f"({_usd(next((r.cycle_s3_usd for r in runs if not r.error), math.nan))} for the cycle). These are "
         "local-disk reading speeds: on Lambda the same tasks read HDF5 from S3, which dominates "
         "(the *reference* row projects the shipped field calibration, ~57 us/row, the same way).",

@@ -18,19 +18,10 @@ import pytest
 import yaml
 
 import polaragg
-from polaragg.cost import (
-    Calibration,
-    PriceError,
-    calibrate,
-    default_calibration,
-    estimate,
-    format_cost,
-    load_prices,
-    project_full_cycle,
-    run_cost,
-    store_cost,
-)
+from polaragg.calibration import Calibration, calibrate, default_calibration
+from polaragg.cost import estimate, format_cost, project_full_cycle, run_cost, store_cost
 from polaragg.ledger import TaskRecord, read_records, write_record
+from polaragg.prices import PriceError, load_prices
 
 PRICES_YAML = Path(polaragg.__file__).parent / "data" / "prices.yaml"
 DOC = yaml.safe_load(PRICES_YAML.read_text())

@@ -26,14 +26,14 @@ LAYERS: dict[str, set[str]] = {
     # standard library only: the small immutable types every layer shares
     "pure": {"domain"},
     # the recipe: validated configuration (pydantic, yaml)
-    "config": {"recipe"},
+    "config": {"recipe", "prices"},
     # HEALPix conventions, exact coverage, geometry, reductions, the memory model
     "domain": {"grid", "products", "products.atl06", "stats", "coverage", "aoi", "memory"},
     # granules, Zarr store, ledger, lock, CMR, catalog, sources, synthetic granules, checks and maps of a store,
     # the retry policy they share
     "io": {"fs", "retry", "read", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
     # one task, the plan, executors and cloud services, cost, progress, the runner
-    "execution": {"aggregate", "plan", "executors", "cloud", "cost", "progress", "runner"},
+    "execution": {"aggregate", "plan", "executors", "cloud", "calibration", "cost", "progress", "runner"},
     # the public entry points: the package namespace, the command line, build scripts
     "interface": {"", "cli", "data.build_basins"},
 }

@@ -74,7 +74,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from .runner import plan_recipe
 
-    from .cost import estimate, load_prices
+    from .cost import estimate
+    from .prices import load_prices
 
     from .recipe import load_recipe
 
@@ -88,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"note: {line}")
     plan = plan_recipe(recipe, catalog)
     print(f"executor:            {recipe.executor.name} (memory per task {recipe.executor.memory_per_task})")
-    from .cost import default_calibration
+    from .calibration import default_calibration
 
     print(describe_plan(plan, top=args.top, observations_per_row=default_calibration().observations_per_row))
     print()

@@ -1,14 +1,13 @@
-"""What a run costs: the price table, the cost of a finished run from its ledger, and an estimate before one.
+"""What a run costs: a finished run priced from its ledger, and a plan or a full cycle estimated before one.
 
-- `load_prices(override)` reads the shipped table (`polaragg/data/prices.yaml`) and merges user overrides
-  (a YAML file or a dict) over it; an unknown key is an error naming it.
 - `run_cost(records, prices, executor=...)` prices a run from its ledger records alone
-  (`ledger.read_records`),
-  so the figures can be recomputed on any machine, for any executor, long after the run.
-- `calibrate(records)` fits per-task seconds = a * rows_in_cell + b * granules + c on a ledger (non-negative
-  least squares); `default_calibration()` is the fit shipped for when no ledger exists.
+  (`ledger.read_records`), so the figures can be recomputed on any machine, for any executor, long after
+  the run.
 - `estimate(plan_tasks, calibration, prices)` projects task-seconds and the Lambda / Coiled bill of a plan;
   `project_full_cycle(calibration, prices)` does it for one full ATL06 cycle over Antarctica.
+- `format_cost(report)` is the cost block printed after a run.
+
+Prices come from `prices.load_prices`, task seconds before a run from `calibration`.
 
 Every report carries the Lambda, EC2/Coiled and S3-request figures side by side ("what would this have cost
 there"), and `total_usd` picks the one billed for the executor actually used (None for local executors).
@@ -30,326 +29,19 @@ Model, per task (one ledger record):
 
 from __future__ import annotations
 
-import difflib
-import itertools
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields, replace
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
+from .calibration import Calibration, default_calibration
 from .ledger import TaskRecord, read_records
+from .prices import PriceError, PriceTable, load_prices, shipped_section
 
-ARCHITECTURES = ("arm64", "x86_64")
 LAMBDA_EXECUTORS = frozenset({"lambda"})
 COILED_EXECUTORS = frozenset({"coiled"})
-_DATA_SECTIONS_NOT_PRICES = frozenset({"schema", "calibrations", "antarctic_cycle"})
-_VALUE_META = frozenset({"value", "unit", "source", "note"})
-_INSTANCE_FIELDS = frozenset({"hourly", "vcpus", "memory_gib", "source", "note"})
-
-
-class PriceError(ValueError):
-    """A price table or override that cannot be used (unknown key, bad value)."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Price table
-
-
-@dataclass(frozen=True)
-class Instance:
-    name: str
-    hourly: float
-    vcpus: int
-    memory_gib: float = 0.0
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class PriceTable:
-    """All prices (USD) and model constants of the cost model; see `polaragg/data/prices.yaml`."""
-
-    lambda_gb_second_arm64: float
-    lambda_gb_second_x86_64: float
-    lambda_requests_per_million: float
-    lambda_mb_per_vcpu: float
-    lambda_memory_mb_min: float
-    lambda_memory_mb_max: float
-    lambda_timeout_seconds: float
-    s3_put_per_1000: float
-    s3_get_per_1000: float
-    spot_factor: float
-    coiled_fee_per_cpu_hour: float
-    s3_gets_per_granule: float
-    instances: dict[str, Instance] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-
-    def lambda_gb_second(self, architecture: str) -> float:
-        if architecture not in ARCHITECTURES:
-            raise PriceError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
-        return self.lambda_gb_second_arm64 if architecture == "arm64" else self.lambda_gb_second_x86_64
-
-    def instance(self, name: str) -> Instance:
-        try:
-            return self.instances[name]
-        except KeyError:
-            raise PriceError(
-                f"unknown instance type {name!r}; the price table knows {', '.join(sorted(self.instances))} "
-                "(add one with load_prices({'instances': {name: {'hourly': ..., 'vcpus': ...}}}))"
-            ) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in PRICE_KEYS}
-        out["instances"] = {n: {"hourly": i.hourly, "vcpus": i.vcpus, "memory_gib": i.memory_gib}
-                            for n, i in self.instances.items()}
-        return out
-
-
-PRICE_KEYS: tuple[str, ...] = tuple(
-    f.name for f in fields(PriceTable) if f.name not in ("instances", "sources")
-)
-
-
-def _data_path() -> Path:
-    return Path(str(resources.files("polaragg") / "data" / "prices.yaml"))
-
-
-@lru_cache(maxsize=1)
-def _shipped() -> dict[str, Any]:
-    return yaml.safe_load(_data_path().read_text())
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, Mapping):
-        extra = set(value) - _VALUE_META
-        if extra:
-            raise PriceError(f"{where}: unknown field(s) {', '.join(sorted(map(str, extra)))} "
-                             f"(expected value, unit, source)")
-        if "value" not in value:
-            raise PriceError(f"{where}: a mapping needs a 'value'")
-        value = value["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PriceError(f"{where}: expected a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise PriceError(f"{where}: expected a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _unknown(key: str, known: Iterable[str], where: str) -> PriceError:
-    known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return PriceError(f"unknown price key {key!r} in {where}{hint}; "
-                      f"known keys: {', '.join(known)}, instances")
-
-
-def _merge(prices: dict[str, float], sources: dict[str, str], instances: dict[str, dict],
-           data: Mapping[str, Any], where: str) -> None:
-    """Merge one price document (flat keys, or the shipped `prices:` / `instances:` sections) in place."""
-    if not isinstance(data, Mapping):
-        raise PriceError(f"{where}: expected a mapping of price keys, got {type(data).__name__}")
-    for key, value in data.items():
-        if key == "prices":
-            if not isinstance(value, Mapping):
-                raise PriceError(f"{where}: 'prices' must be a mapping")
-            for k, v in value.items():
-                if k not in PRICE_KEYS:
-                    raise _unknown(str(k), PRICE_KEYS, f"{where} (prices)")
-                prices[k] = _number(v, f"{where}: prices.{k}")
-                if isinstance(v, Mapping) and v.get("source"):
-                    sources[k] = str(v["source"])
-        elif key == "instances":
-            if not isinstance(value, Mapping):
-                raise PriceError(f"{where}: 'instances' must be a mapping of instance type -> hourly, vcpus")
-            for name, spec in value.items():
-                if not isinstance(spec, Mapping):
-                    raise PriceError(f"{where}: instances.{name} must be a mapping with hourly and vcpus")
-                extra = set(spec) - _INSTANCE_FIELDS
-                if extra:
-                    names = ", ".join(sorted(map(str, extra)))
-                    raise PriceError(f"{where}: instances.{name}: unknown field(s) {names} "
-                                     "(expected hourly, vcpus, memory_gib)")
-                merged = {**instances.get(str(name), {}), **spec}
-                for need in ("hourly", "vcpus"):
-                    if need not in merged:
-                        raise PriceError(f"{where}: instances.{name} needs {need!r}")
-                instances[str(name)] = merged
-        elif key in _DATA_SECTIONS_NOT_PRICES:
-            continue
-        elif key in PRICE_KEYS:
-            prices[key] = _number(value, f"{where}: {key}")
-        else:
-            raise _unknown(str(key), PRICE_KEYS, where)
-
-
-def load_prices(override: str | Path | Mapping[str, Any] | None = None) -> PriceTable:
-    """The shipped price table with `override` (a YAML file path or a dict) merged over it.
-
-    Overrides use the price keys of `prices.yaml` directly (`{"spot_factor": 0.3}`), or its sections
-    (`{"prices": {...}, "instances": {"c7g.4xlarge": {"hourly": 0.6}}}`); a value may be a number or
-    `{value: ..., unit: ..., source: ...}`. Unknown keys raise `PriceError` naming the key.
-    """
-    prices: dict[str, float] = {}
-    sources: dict[str, str] = {}
-    instances: dict[str, dict] = {}
-    _merge(prices, sources, instances, _shipped(), str(_data_path()))
-    if override is not None:
-        if isinstance(override, (str, Path)):
-            path = Path(override)
-            if not path.is_file():
-                raise PriceError(f"price override file not found: {path}")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as exc:
-                raise PriceError(f"{path}: not valid YAML ({exc})") from exc
-            _merge(prices, sources, instances, data, str(path))
-        else:
-            _merge(prices, sources, instances, override, "price override")
-    missing = [k for k in PRICE_KEYS if k not in prices]
-    if missing:  # only if the shipped file is damaged
-        raise PriceError(f"price table lacks {', '.join(missing)}")
-    if not 0 < prices["spot_factor"] <= 1:
-        raise PriceError(f"spot_factor must lie in (0, 1], got {prices['spot_factor']}")
-    if not 0 < prices["lambda_memory_mb_min"] < prices["lambda_memory_mb_max"]:
-        raise PriceError("lambda_memory_mb_min must be > 0 and below lambda_memory_mb_max")
-    for k in ("lambda_mb_per_vcpu", "lambda_timeout_seconds"):
-        if prices[k] <= 0:
-            raise PriceError(f"{k} must be > 0")
-    table: dict[str, Instance] = {}
-    for name, spec in instances.items():
-        hourly = _number(spec["hourly"], f"instances.{name}.hourly")
-        vcpus = spec["vcpus"]
-        if isinstance(vcpus, bool) or not isinstance(vcpus, int) or vcpus < 1:
-            raise PriceError(f"instances.{name}.vcpus must be a positive integer, got {vcpus!r}")
-        memory = _number(spec.get("memory_gib", 0.0), f"instances.{name}.memory_gib")
-        table[name] = Instance(name, hourly, vcpus, memory, str(spec.get("source", "")))
-    return PriceTable(**prices, instances=table, sources=sources)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Calibration: seconds of a task from its size
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """seconds of one task = seconds_per_row * rows + seconds_per_granule * granules + seconds_per_task."""
-
-    seconds_per_row: float
-    seconds_per_granule: float
-    seconds_per_task: float = 0.0
-    observations_per_row: float = 1.0
-    name: str = "custom"
-    n_records: int = 0
-    rejected: int = 0
-    r2: float | None = None
-    source: str = ""
-    machine: str = ""
-
-    def predict(self, rows: Any, granules: Any) -> Any:
-        """Predicted task seconds (scalars or arrays)."""
-        return (self.seconds_per_row * np.asarray(rows, dtype=np.float64)
-                + self.seconds_per_granule * np.asarray(granules, dtype=np.float64) + self.seconds_per_task)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def calibrations() -> dict[str, Calibration]:
-    """The calibrations shipped in `prices.yaml`, by name."""
-    section = _shipped().get("calibrations", {})
-    names = [k for k in section if k != "default"]
-    out = {}
-    for n in names:
-        spec = {f.name: section[n][f.name] for f in fields(Calibration) if f.name in section[n]}
-        for k in ("seconds_per_row", "seconds_per_granule", "seconds_per_task", "observations_per_row"):
-            spec[k] = float(spec.get(k, 0.0 if k != "observations_per_row" else 1.0))
-        if spec.get("r2") is not None:
-            spec["r2"] = float(spec["r2"])
-        out[n] = Calibration(**{**spec, "name": n, "source": str(spec.get("source", "")).strip()})
-    return out
-
-
-def default_calibration(name: str | None = None) -> Calibration:
-    """A shipped calibration (the default one unless `name` is given)."""
-    known = calibrations()
-    name = name or _shipped()["calibrations"]["default"]
-    if name not in known:
-        raise PriceError(f"unknown calibration {name!r}; shipped: {', '.join(known)}")
-    return known[name]
-
-
-def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Exact non-negative least squares for a few columns.
-
-    The optimum is the unconstrained least-squares solution on its own support, so trying every support
-    (2^k for k <= 3 columns here) and keeping the best feasible one is exact. Uses scipy when present.
-    """
-    try:  # pragma: no cover - scipy is optional
-        from scipy.optimize import nnls
-
-        return nnls(a, y)[0]
-    except ImportError:
-        pass
-    k = a.shape[1]
-    best, best_res = np.zeros(k), float(np.sum(y * y))
-    for size in range(1, k + 1):
-        for support in itertools.combinations(range(k), size):
-            cols = list(support)
-            sol, *_ = np.linalg.lstsq(a[:, cols], y, rcond=None)
-            if (sol < 0).any():
-                continue
-            x = np.zeros(k)
-            x[cols] = sol
-            res = float(np.sum((a @ x - y) ** 2))
-            if res < best_res - 1e-15 * max(best_res, 1.0):
-                best, best_res = x, res
-    return best
-
-
-def calibrate(records: Sequence[TaskRecord], *, intercept: bool = True, robust: bool = True,
-              name: str = "ledger", source: str = "", machine: str = "") -> Calibration:
-    """Fit seconds = a * rows_in_cell + b * granules (+ c per task) by non-negative least squares.
-
-    Failed tasks are left out. With `robust`, one pass drops tasks whose residual exceeds 3 robust standard
-    deviations (1.4826 MAD, at least 1 ms) and refits: the first task of a process pays imports and cold
-    caches.
-    """
-    usable = [r for r in records if r.status != "failed"]
-    if not usable:
-        raise ValueError("no usable task records to calibrate on (all failed, or none)")
-    cols = [[float(r.rows_in_cell), float(r.granules)] + ([1.0] if intercept else []) for r in usable]
-    a = np.asarray(cols, dtype=np.float64)
-    y = np.asarray([r.seconds for r in usable], dtype=np.float64)
-    scale = np.where(a.max(axis=0) > 0, a.max(axis=0), 1.0)  # column scaling for conditioning
-
-    def fit(mask: np.ndarray) -> np.ndarray:
-        return _nnls(a[mask] / scale, y[mask]) / scale
-
-    keep = np.ones(len(y), dtype=bool)
-    coef = fit(keep)
-    if robust and len(y) > a.shape[1] + 1:
-        res = y - a @ coef
-        spread = 1.4826 * float(np.median(np.abs(res - np.median(res))))
-        cand = np.abs(res) <= max(3.0 * spread, 1e-3)
-        if cand.sum() >= a.shape[1] + 1 and not cand.all():
-            keep = cand
-            coef = fit(keep)
-    pred = a[keep] @ coef
-    ss_tot = float(np.sum((y[keep] - y[keep].mean()) ** 2))
-    r2 = 1.0 - float(np.sum((y[keep] - pred) ** 2)) / ss_tot if ss_tot > 0 else None
-    rows = sum(r.rows_in_cell for r in usable)
-    obs = sum(r.observations for r in usable)
-    return Calibration(
-        seconds_per_row=float(coef[0]), seconds_per_granule=float(coef[1]),
-        seconds_per_task=float(coef[2]) if intercept else 0.0,
-        observations_per_row=obs / rows if rows else 1.0,
-        name=name, n_records=len(usable), rejected=int((~keep).sum()), r2=r2, source=source, machine=machine,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -749,7 +441,7 @@ class CycleScale:
 
     @classmethod
     def shipped(cls, **overrides: Any) -> "CycleScale":
-        section = dict(_shipped()["antarctic_cycle"])
+        section = dict(shipped_section("antarctic_cycle"))
         merged = {**section, **overrides}
         for f in fields(cls):
             if f.name in merged and f.name != "source":

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .domain import Filters, RetryPolicy
 
@@ -28,22 +37,26 @@ class RecipeError(ValueError):
 MAX_RECIPE_BYTES = 1_000_000  # a recipe is configuration; anything larger is a mistake
 
 
-def parse_bytes(text: str | int) -> int:
-    """'2GB', '512MiB', '1.5 GB' or a plain number of bytes -> bytes."""
-    if isinstance(text, int):
-        return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    value = str(text).strip().upper().replace(" ", "")
-    number = value.rstrip("KMGTIB")
-    unit = value[len(number):]
-    try:
-        amount = float(number)
-    except ValueError:
-        amount = -1.0
-    if unit not in units or amount <= 0:
+_BYTE_SIZE = TypeAdapter(ByteSize)
+# ByteSize reads a size from the start of the text and ignores what follows: a size must be all the text.
+_WHOLE_BYTE_SIZE = re.compile(ByteSize.byte_string_pattern + r"\s*$", re.IGNORECASE)
+
+
+def _memory_size(value: str | int) -> int:
+    """A positive memory size in bytes: '2GB' (10**9 bytes), '1.5 GiB' (2**30), '512MiB' or a whole number.
+
+    pydantic's `ByteSize` reads it; the message of a bad size is one line for the recipe error.
+    """
+    text = value if isinstance(value, int) and not isinstance(value, bool) else str(value)
+    size = 0
+    if isinstance(text, int) or _WHOLE_BYTE_SIZE.match(text):
+        try:
+            size = int(_BYTE_SIZE.validate_python(text))
+        except ValidationError:
+            pass
+    if size <= 0:
         raise ValueError(f"cannot read {text!r} as a memory size (e.g. '2GB', '512MiB')")
-    return int(amount * units[unit])
+    return size
 
 
 class _Model(BaseModel):
@@ -272,12 +285,12 @@ class ExecutorConfig(_Model):
     @field_validator("memory_per_task", mode="before")
     @classmethod
     def _memory(cls, value: object) -> str:
-        parse_bytes(value if isinstance(value, int) else str(value))
+        _memory_size(value)
         return str(value)
 
     @property
     def memory_bytes(self) -> int:
-        return parse_bytes(self.memory_per_task)
+        return _memory_size(self.memory_per_task)
 
 
 class OutputConfig(_Model):
