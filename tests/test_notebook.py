@@ -30,7 +30,7 @@ def _number(pattern: str, text: str) -> int:
     return int(match.group(1))
 
 
-def test_explore_notebook_runs_and_reads_only_the_selected_parent(demo_recipe, tmp_path, monkeypatch):
+def test_explore_notebook_runs_and_reads_each_granule_once(demo_recipe, tmp_path, monkeypatch):
     import yaml
 
     stored = nbformat.read(NOTEBOOK, as_version=4)
@@ -64,15 +64,17 @@ def test_explore_notebook_runs_and_reads_only_the_selected_parent(demo_recipe, t
     assert not errors
     text = "\n".join(_text(c) for c in code)
 
-    # The lazy dataset read nothing; the one-parent slice read exactly that parent's granules.
+    # The lazy dataset read nothing; the one-parent slice read every granule of the plan once (the
+    # granule stage), more than that parent's footprints list; a second compute opened none.
     assert "granules opened so far: 0" in text
     n_tasks = _number(r"in (\d+) chunks of 4096 cells", text)
     opened = _number(r"granules opened: (\d+)", text)
     expected = _number(r"granules of parent \d+: (\d+)", text)
     total = _number(r"(\d+) granules in the catalog", text)
     assert n_tasks > 1
-    assert 0 < opened == expected < total
-    assert "only this parent's granules were read: True" in text
+    assert 0 < expected < opened == total
+    assert "each once: True" in text and "every granule of the plan was read: True" in text
+    assert _number(r"granules opened by a second compute: (\d+)", text) == 0
 
     # Region statistics, polygon, comparison and the small run all produced real numbers.
     assert _number(r"(\d+) of 4096 child cells have observations", text) > 0

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # pyproject requirement (normalised name, extras) -> the conda-forge packages that provide it.
 CONDA_NAMES = {
     "dask[array]": ["dask"],  # conda-forge's dask brings numpy (and distributed)
+    "isal": ["python-isal"],  # conda-forge names the ISA-L bindings python-isal
     # conda-forge's moto has no extras; moto_server needs flask and flask-cors
     "moto[server]": ["moto", "flask", "flask-cors"],
 }

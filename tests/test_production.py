@@ -176,7 +176,8 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     """The stored cost report equals the documented model evaluated here on the ledger's JSON files with
     the prices of prices.yaml read by yaml: Lambda 2048 MB arm64 (a full vCPU at >= 1,769 MB, so one-core
     seconds are billed as measured, ceil to 1 ms per attempt), c7g.4xlarge on-demand (attempt-seconds /
-    16 vCPU), S3 GETs per granule read and one PUT per stored variable plus the ledger record per task."""
+    16 vCPU), S3 GETs per granule read and one PUT per stored variable plus the ledger record per task.
+    Tasks are the cell-stage records and the granule-stage tasks their `granule_reports` carry."""
     store, summary = demo_store
     ds = xr.open_zarr(store)
     reported = json.loads(ds.attrs["run_cost"])
@@ -186,8 +187,10 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     records = _ledger_files(store)
     assert len(records) == summary.cells_total > 0
 
-    attempts = [max(1, int(r.get("attempt", 1))) for r in records]
-    seconds = [float(r["seconds"]) for r in records]
+    granules = [g for r in records for g in r["granule_reports"]]
+    assert len(granules) == len({g["granule"] for g in granules}) > 0  # each granule reported once
+    attempts = [max(1, int(r.get("attempt", 1))) for r in records] + [max(1, int(g["attempts"])) for g in granules]
+    seconds = [float(r["seconds"]) for r in records] + [float(g["seconds"]) for g in granules]
     billed_ms = sum(k * math.ceil(round(s * 1000.0, 6)) for k, s in zip(attempts, seconds))
     gb_seconds = billed_ms / 1000.0 * 2048 / 1024
     lambda_usd = (gb_seconds * price["lambda_gb_second_arm64"]
@@ -195,12 +198,12 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     hours = math.fsum(k * s for k, s in zip(attempts, seconds)) / c7g["vcpus"] / 3600.0
     ec2 = hours * c7g["hourly"]
     fee = hours * c7g["vcpus"] * price["coiled_fee_per_cpu_hour"]
-    gets = sum(int(r["granules_read"]) for r in records) * price["s3_gets_per_granule"]
-    puts = len(records) * (len(ds.data_vars) + 1)
+    gets = len(granules) * price["s3_gets_per_granule"]  # each granule is read once, by the granule stage
+    puts = len(records) * (len(ds.data_vars) + 1) + len(granules)
     s3 = gets * price["s3_get_per_1000"] / 1000 + puts * price["s3_put_per_1000"] / 1000
 
     assert reported["executor"] == "threads" and reported["total_usd"] is None  # a local run: no bill
-    assert reported["n_tasks"] == len(records) and reported["invocations"] == sum(attempts)
+    assert reported["n_tasks"] == len(records) + len(granules) and reported["invocations"] == sum(attempts)
     assert reported["observations"] == sum(int(r["observations"]) for r in records) == summary.observations
     assert reported["task_seconds"] == pytest.approx(math.fsum(seconds), rel=1e-12)
     assert reported["wall_seconds"] == json.loads(ds.attrs["run_summary"])["wall_seconds"]
@@ -211,7 +214,7 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     assert reported["coiled_usd"] == pytest.approx(ec2 + fee, rel=1e-12)
     assert (reported["s3_gets"], reported["s3_puts"]) == (gets, puts)
     assert reported["s3_usd"] == pytest.approx(s3, rel=1e-12)
-    assert reported["peak_memory_bytes"] == max(int(r["peak_memory_bytes"]) for r in records)
+    assert reported["peak_memory_bytes"] == max(int(r["peak_memory_bytes"]) for r in records + granules)
 
 
 def _record(i: int, *, rows: int, observations: int, granules: int, failures: int = 0) -> TaskRecord:

@@ -5,9 +5,10 @@ import healpix_geo.nested as hpn
 import numpy as np
 import pytest
 
-from polaragg.aggregate import reduce_parent
+from polaragg.aggregate import PartitionJob, TaskLayout, index_row, partition_granule, reduce_task
 from polaragg.domain import Filters, GranuleRef
 from polaragg.grid import Grid
+from polaragg.intermediate import Location
 from polaragg.products import atl06
 from polaragg.read import open_granule
 from polaragg.stats import STAT_INDEX
@@ -26,6 +27,17 @@ def write_granule(path, beams: dict[str, dict[str, np.ndarray]]):
                 dtype, _ = atl06.VARIABLES[name]
                 g.create_dataset(name, data=np.asarray(values, dtype=dtype))
     return str(path)
+
+
+def aggregate_parent(parent: int, refs: list[GranuleRef], work, reader: str = "h5py",
+                     filters: Filters = Filters()):
+    """Both stages for one parent cell, serially: the granules' records and the task's result."""
+    location = Location(str(work / f"parts-{reader}-{filters.quality_max}"))
+    job = PartitionJob(TaskLayout(np.array([parent], np.uint64), 1, GRID), location, "test", reader, filters)
+    records = [partition_granule(r, job) for r in refs]
+    entries = np.array([index_row(r, (0,))[0] for r in records])
+    result = reduce_task(entries, tuple(refs), tuple(range(len(refs))), location, GRID.children_per_parent)
+    return records, result
 
 
 def _points_in_parent(parent: int, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -68,17 +80,17 @@ def test_fill_values_quality_and_missing_beams(tmp_path, parent):
     q[60:65] = 127             # quality fill
     # only gt2l present: a granule missing beams is valid
     path = write_granule(tmp_path / "g.h5", {"gt2l": _cols(lon, lat, h, sigma, q)})
-    result = reduce_parent(parent, [GranuleRef("g", path)], GRID)
-    assert result.failures == ()
-    assert result.observations == 400 - 65
-    assert result.rows_in_cell == 400
+    (record,), result = aggregate_parent(parent, [GranuleRef("g", path)], tmp_path)
+    assert record.status == "ok" and result.failed == ()
+    assert result.observations == record.observations == 400 - 65
+    assert (record.rows, record.rows_filtered, record.rows_invalid, record.rows_outside) == (400, 65, 0, 0)
     block = result.block
     assert block[:, STAT_INDEX["count"]].sum() == 335
     keep = np.arange(400) >= 65
     assert block[:, STAT_INDEX["h_max"]][np.isfinite(block[:, STAT_INDEX["h_max"]])].max() == pytest.approx(
         float(h[keep].max()))
     # without the quality filter, flagged rows count too (fills never do)
-    loose = reduce_parent(parent, [GranuleRef("g", path)], GRID, filters=Filters(quality_max=None))
+    _, loose = aggregate_parent(parent, [GranuleRef("g", path)], tmp_path, filters=Filters(quality_max=None))
     assert loose.observations == 400 - 35
 
 
@@ -87,9 +99,9 @@ def test_cell_whose_observations_are_all_filtered(tmp_path, parent):
     lon, lat = _points_in_parent(parent, 50, rng)
     path = write_granule(tmp_path / "g.h5", {"gt1l": _cols(lon, lat, np.full(50, 100.0), np.full(50, 0.05),
                                                             q=np.ones(50))})
-    result = reduce_parent(parent, [GranuleRef("g", path)], GRID)
-    assert result.status == "empty"
-    assert result.observations == 0 and result.rows_in_cell == 50
+    (record,), result = aggregate_parent(parent, [GranuleRef("g", path)], tmp_path)
+    assert record.status == "ok" and record.rows_filtered == 50
+    assert result.observations == 0 and result.granules_with_rows == ()
     assert (result.block[:, STAT_INDEX["count"]] == 0).all()
     assert np.isnan(result.block[:, STAT_INDEX["h_mean"]]).all()
     assert np.isnan(result.block[:, STAT_INDEX["h_q50"]]).all()
@@ -108,14 +120,14 @@ def test_corrupt_and_truncated_granules_are_recorded_and_the_rest_aggregated(tmp
     refs = [GranuleRef("good", good), GranuleRef("truncated", str(truncated)), GranuleRef("garbage", str(garbage)),
             GranuleRef("novar", no_var), GranuleRef("missing", str(tmp_path / "absent.h5"))]
     for reader in ("h5py", "h5coro"):
-        result = reduce_parent(parent, refs, GRID, reader=reader)
-        failed = {f.granule_id: f for f in result.failures}
+        records, result = aggregate_parent(parent, refs, tmp_path, reader=reader)
+        failed = {r.granule: r for r in records if r.status == "failed"}
         assert set(failed) == {"truncated", "garbage", "novar", "missing"}, reader
+        assert set(result.failed) == set(failed)
         assert "h_li" in failed["novar"].reason
         assert "not found" in failed["missing"].reason
         assert all(not f.transient for f in failed.values())
-        assert result.observations == 100
-        assert result.status == "partial"
+        assert result.observations == 100 and result.granules_with_rows == ("good",)
         cells = result.block[:, STAT_INDEX["count"]] > 0
         assert np.allclose(result.block[cells, STAT_INDEX["h_mean"]], 7.0)
 
@@ -159,10 +171,17 @@ def test_strong_only_granule_is_aggregated(tmp_path):
     assert all(atl06.is_strong(b, sc_orient) for b in beams)
     parents, counts = np.unique(hpn.lonlat_to_healpix(lon, lat, 6, ellipsoid="WGS84"), return_counts=True)
     busiest = int(parents[np.argmax(counts)])
-    result = reduce_parent(busiest, [GranuleRef(g.name, str(g.h5_path))], GRID)
-    assert result.failures == ()
-    assert result.rows_in_cell == counts.max()
-    assert 0 < result.observations <= result.rows_in_cell
+    with h5py.File(g.h5_path) as f:
+        kept = 0
+        for b in beams:
+            seg = f[f"{b}/land_ice_segments"]
+            cell = hpn.lonlat_to_healpix(seg["longitude"][:], seg["latitude"][:], 6, ellipsoid="WGS84")
+            h, s, q = seg["h_li"][:], seg["h_li_sigma"][:], seg["atl06_quality_summary"][:]
+            ok = (cell == busiest) & (q == 0) & (np.abs(h) < 3.4e38) & (s > 0) & (s < 3.4e38)
+            kept += int(np.count_nonzero(ok))
+    (record,), result = aggregate_parent(busiest, [GranuleRef(g.name, str(g.h5_path))], tmp_path)
+    assert record.status == "ok"
+    assert 0 < result.observations == kept <= counts.max()
 
 
 @pytest.mark.parametrize("lat0", [-89.0, -85.0, -75.0, -60.0])

@@ -3,7 +3,7 @@
 `retry.retrying` turns a `domain.RetryPolicy` into a tenacity loop. These tests check the delays it
 sleeps (seeded, so they can be compared draw for draw), that it stops after `attempts` tries and
 re-raises the last error unchanged, that only transient errors are retried, and that granule reads
-(`aggregate.reduce_parent`) and CMR page requests (`cmr.search_granules`) go through it.
+(`aggregate.partition_granule`) and CMR page requests (`cmr.search_granules`) go through it.
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from polaragg import aggregate, cmr, retry
-from polaragg.aggregate import reduce_parent
+from polaragg.aggregate import PartitionJob, TaskLayout, partition_granule
 from polaragg.cmr import CmrError, CmrQuery, CmrSettings, search_granules
 from polaragg.domain import GranuleFailure, GranuleRef, RetryPolicy
 from polaragg.fs import EndpointUnreachable
 from polaragg.grid import Grid
+from polaragg.intermediate import Location
 from polaragg.read import GranuleError
 
 try:
@@ -131,11 +133,12 @@ def reads(monkeypatch):
     """Granule reads replaced by a scripted sequence of outcomes; backoff sleeps recorded, not slept."""
     state = {"script": [], "reads": 0, "slept": [], "policies": []}
 
-    def read_granule(ref, job, part, check=None):
+    def read_granule(ref, job):
         state["reads"] += 1
         outcome = state["script"].pop(0) if state["script"] else None
         if outcome is not None:
             raise outcome
+        return {"rows": 0, "rows_invalid": 0, "rows_filtered": 0, "rows_outside": 0}, None, []
 
     real = retry.retrying
 
@@ -143,33 +146,46 @@ def reads(monkeypatch):
         state["policies"].append(policy)
         return real(policy, *args, **kwargs)
 
-    monkeypatch.setattr(aggregate, "_read_granule", read_granule)
+    monkeypatch.setattr(aggregate, "_partition", read_granule)
     monkeypatch.setattr(aggregate, "retrying", spy)
     monkeypatch.setattr(retry, "_sleep", state["slept"].append)
     return state
 
 
-def _reduce(policy: RetryPolicy):
-    return reduce_parent(0, [GranuleRef("G1", "file:///nowhere/G1.h5")], GRID, retry=policy)
+@pytest.fixture
+def partition(tmp_path):
+    """The granule stage of one granule under a policy, returning its record."""
+    def run(policy: RetryPolicy):
+        job = PartitionJob(TaskLayout(np.array([0], np.uint64), 1, GRID), Location(str(tmp_path / "parts")), "k",
+                           retry=policy)
+        return partition_granule(GranuleRef("G1", "file:///nowhere/G1.h5"), job)
+
+    return run
 
 
-def test_granule_read_retries_transient_failures_through_the_policy(reads):
+def _failure(record) -> GranuleFailure | None:
+    if record.status == "ok":
+        return None
+    return GranuleFailure(record.granule, record.reason, record.transient, record.attempts)
+
+
+def test_granule_read_retries_transient_failures_through_the_policy(reads, partition):
     policy = RetryPolicy(attempts=4, base_seconds=0.25, cap_seconds=0.6)
     reads["script"] = [GranuleError("u", "reset (injected)", transient=True)] * 2
     random.seed(3)
-    result = _reduce(policy)
-    assert result.failures == () and result.granules_read == 1
+    result = partition(policy)
+    assert _failure(result) is None and result.attempts == 3
     assert reads["reads"] == 3 and reads["policies"] == [policy]
     random.seed(3)
     assert reads["slept"] == [policy.delay(1), policy.delay(2)]
 
 
-def test_granule_read_gives_up_after_attempts_with_the_same_failure_record(reads):
+def test_granule_read_gives_up_after_attempts_with_the_same_failure_record(reads, partition):
     policy = RetryPolicy(attempts=3, base_seconds=0.01, cap_seconds=0.02)
     reads["script"] = [GranuleError("u", "read timed out (injected)", transient=True)] * 10
-    result = _reduce(policy)
-    assert result.failures == (GranuleFailure("G1", "read timed out (injected)", True, 3),)
-    assert reads["reads"] == 3 and len(reads["slept"]) == 2 and result.granules_read == 0
+    result = partition(policy)
+    assert _failure(result) == GranuleFailure("G1", "read timed out (injected)", True, 3)
+    assert reads["reads"] == 3 and len(reads["slept"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -179,17 +195,17 @@ def test_granule_read_gives_up_after_attempts_with_the_same_failure_record(reads
         (OSError("truncated"), "OSError: truncated", False),
     ],
 )
-def test_permanent_granule_failures_are_recorded_after_one_attempt(reads, error, reason, transient):
+def test_permanent_granule_failures_are_recorded_after_one_attempt(reads, partition, error, reason, transient):
     reads["script"] = [error]
-    result = _reduce(RetryPolicy(attempts=4, base_seconds=0.01, cap_seconds=0.02))
-    assert result.failures == (GranuleFailure("G1", reason, transient, 1),)
+    result = partition(RetryPolicy(attempts=4, base_seconds=0.01, cap_seconds=0.02))
+    assert _failure(result) == GranuleFailure("G1", reason, transient, 1)
     assert reads["reads"] == 1 and reads["slept"] == []
 
 
-def test_unreachable_endpoint_stops_the_task_without_retry(reads):
+def test_unreachable_endpoint_stops_the_task_without_retry(reads, partition):
     reads["script"] = [EndpointUnreachable("endpoint http://127.0.0.1:1 is unreachable")]
     with pytest.raises(EndpointUnreachable):
-        _reduce(RetryPolicy(attempts=4, base_seconds=0.01, cap_seconds=0.02))
+        partition(RetryPolicy(attempts=4, base_seconds=0.01, cap_seconds=0.02))
     assert reads["reads"] == 1 and reads["slept"] == []
 
 

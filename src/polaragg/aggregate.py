@@ -1,207 +1,163 @@
-"""One task: read the granules crossing a parent cell and reduce their observations into its children.
+"""The two kinds of task: partition one granule (read once), reduce one output chunk.
 
-For each granule and beam: read latitude, then longitude over the rows within the latitude band of
-the task's child range, find the rows whose child cell falls in that range, hyperslice the payload
-variables to [first, last] of those rows, filter
-(quality, fill values, sigma > 0), and collect. One grouped reduction over all collected
-observations gives the task's (children x statistics) block. A granule that cannot be read is
-recorded with its reason and the rest of the cell is still aggregated.
+Granule stage: read the six columns of every beam once, whole; drop rows without valid coordinates
+or time and rows the filters reject (quality, fill values, sigma <= 0) before any cell is computed;
+one HEALPix call per beam; place each row in its task (the plan's parents, `split` equal child
+ranges each) and write the rows, sorted by task, to the intermediate. Every row lands in the task
+of its own cell, whatever the granule's footprint said. A granule that cannot be read is recorded
+with its reason; it fails only the tasks that list it.
 
-Each granule is also checked, by one of the tasks that read it, against the footprint it was
-planned from: every row with valid coordinates is placed in its task, and rows that fall in a
-task whose granule list lacks the granule are reported as footprint misses (so the runner can
-give those tasks the granule). Rows without valid coordinates are counted there too, once.
+Cell stage: read the task's segment of every granule with rows in it and reduce them with one
+packed-key sort (`stats.grouped_stats`) into the (cells x statistics) block.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .domain import Filters, FootprintMiss, GranuleFailure, GranuleRef, RetryPolicy
+from .domain import Filters, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
+from .intermediate import GranuleRecord, Location, row_dtype
+from .memory import peak_bytes, reset_peak
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
 from .stats import grouped_stats
 
+COLUMNS: tuple[str, ...] = atl06.COORDINATES + atl06.PAYLOAD
+
+# Index entries: rows of a (granule, task) segment in the low bits, its first row above them.
+_COUNT_BITS = 24
+FAILED = -1  # every entry of a granule that could not be read
+
 
 @dataclass(frozen=True)
 class TaskLayout:
-    """How cells map to task indices: the plan's parents (sorted) and equal child ranges per parent."""
+    """How cells map to tasks: the plan's parents (sorted), `split` equal child ranges per parent."""
 
     parents: np.ndarray = field(repr=False)
     split: int
     grid: Grid
 
-    def task_of(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        """Task index of each point (int64), -1 outside the plan's parent cells."""
-        levels = self.split.bit_length() // 2  # 4**levels >= split fine cells tile every range
-        cells = cells_of_points(lon, lat, self.grid.parent_order + levels)
-        parent = cells >> np.uint64(2 * levels)
-        pos = np.searchsorted(self.parents, parent)
-        inside = pos < self.parents.size
-        inside[inside] = self.parents[pos[inside]] == parent[inside]
-        local = (cells & np.uint64(4**levels - 1)).astype(np.int64) // (4**levels // self.split)
-        return np.where(inside, pos.astype(np.int64) * self.split + local, -1)
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """What one task produced: the statistics block and what it took to get it."""
-
-    parent: int
-    child_lo: int
-    child_hi: int
-    block: np.ndarray = field(repr=False)
-    observations: int
-    rows_in_cell: int
-    granules_read: int
-    granules_with_data: int
-    failures: tuple[GranuleFailure, ...]
-    seconds: float
-    rows_filtered: int = 0
-    rows_invalid: int = 0
-    granule_ids: tuple[str, ...] = ()
-    footprint_misses: tuple[FootprintMiss, ...] = ()
+    @property
+    def chunk_cells(self) -> int:
+        return self.grid.children_per_parent // self.split
 
     @property
-    def status(self) -> str:
-        if self.failures:
-            return "failed" if self.granules_read == 0 else "partial"
-        return "ok" if self.observations > 0 else "empty"
+    def n_tasks(self) -> int:
+        return self.parents.size * self.split
+
+    def task_runs(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs of consecutive points in one task: (first, stop, task index or -1 outside the plan).
+
+        Along a track, points stay in one task for hundreds of rows, so tasks are looked up per run.
+        """
+        if cells.size == 0:
+            empty = np.empty(0, np.int64)
+            return empty, empty, empty
+        chunk_bits = self.chunk_cells.bit_length() - 1  # chunk_cells is a power of two
+        tkey = cells >> np.uint64(chunk_bits)  # parent * split + range within the parent
+        first = np.concatenate(([0], np.flatnonzero(tkey[1:] != tkey[:-1]) + 1))
+        stop = np.append(first[1:], cells.size)
+        key = tkey[first]
+        parent = key // np.uint64(self.split)
+        pos = np.minimum(np.searchsorted(self.parents, parent), max(self.parents.size - 1, 0))
+        inside = (self.parents[pos] == parent) if self.parents.size else np.zeros(key.shape, bool)
+        task = pos.astype(np.int64) * self.split + (key % np.uint64(self.split)).astype(np.int64)
+        return first, stop, np.where(inside, task, -1)
+
+    def local_cells(self, cells: np.ndarray) -> np.ndarray:
+        """Index of each child cell within its task's chunk."""
+        return (cells & np.uint64(self.chunk_cells - 1)).astype(row_dtype(self.chunk_cells))
 
 
-@dataclass
-class _Collected:
-    cell: list[np.ndarray] = field(default_factory=list)
-    h: list[np.ndarray] = field(default_factory=list)
-    sigma: list[np.ndarray] = field(default_factory=list)
-    t: list[np.ndarray] = field(default_factory=list)
-    rows_in_cell: int = 0
-    rows_filtered: int = 0
-    rows_invalid: int = 0
-    misses: dict[int, int] = field(default_factory=dict)  # task index -> rows (of the granule checked)
-
-    def add(self, other: "_Collected") -> None:
-        self.cell += other.cell
-        self.h += other.h
-        self.sigma += other.sigma
-        self.t += other.t
-        self.rows_in_cell += other.rows_in_cell
-        self.rows_filtered += other.rows_filtered
-        self.rows_invalid += other.rows_invalid
+def pack(first: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Index entries of segments: (first row << 24) | rows."""
+    return (np.asarray(first, np.int64) << _COUNT_BITS) | np.asarray(rows, np.int64)
 
 
-def reduce_parent(
-    parent: int,
-    granules: list[GranuleRef],
-    grid: Grid,
-    *,
-    reader: ReaderName = "h5py",
-    filters: Filters = Filters(),
-    storage_options: dict | None = None,
-    child_range: tuple[int, int] | None = None,
-    retry: RetryPolicy = RetryPolicy(),
-    check: Mapping[str, frozenset[int]] | None = None,
-    layout: TaskLayout | None = None,
-) -> TaskResult:
-    """Statistics of the children [child_lo, child_hi) (local indices) of one parent cell.
+def unpack(entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    entries = np.asarray(entries, np.int64)
+    return entries >> _COUNT_BITS, entries & ((1 << _COUNT_BITS) - 1)
 
-    `check` names granules this task checks against their footprints, each with the tasks that
-    list it; `layout` places rows in tasks for that check.
-    """
-    start = time.perf_counter()
-    lo, hi = child_range if child_range is not None else (0, grid.children_per_parent)
-    first_child = int(parent) * grid.children_per_parent
-    acc = _Collected()
-    failures: list[GranuleFailure] = []
-    read_ok = with_data = 0
-    band = grid.range_lat_band(first_child + lo, first_child + hi)
-    job = _ReadJob(first_child + lo, first_child + hi, band, grid, reader, filters, storage_options)
-    checks = dict(check or {})
-    if checks and layout is None:
-        raise ValueError("checking footprints needs the plan's task layout")
-    read_ids: list[str] = []
-    misses: list[FootprintMiss] = []
-    for ref in granules:
-        listed = checks.get(ref.granule_id)
-        failure, part = _read_with_retries(ref, job, retry, acc, None if listed is None else (listed, layout))
-        if failure is None:
-            read_ok += 1
-            with_data += part.rows_in_cell > 0
-            read_ids.append(ref.granule_id)
-            misses += [FootprintMiss(ref.granule_id, t, n) for t, n in sorted(part.misses.items())]
-        else:
-            failures.append(failure)
-    if acc.cell:
-        cell = np.concatenate(acc.cell)
-        local = (cell - np.uint64(first_child + lo)).astype(np.intp)
-        block = grouped_stats(local, np.concatenate(acc.h), np.concatenate(acc.sigma), np.concatenate(acc.t), hi - lo)
-        n_obs = int(cell.size)
-    else:
-        block = grouped_stats(np.empty(0, np.intp), np.empty(0), np.empty(0), np.empty(0), hi - lo)
-        n_obs = 0
-    return TaskResult(
-        parent=int(parent),
-        child_lo=lo,
-        child_hi=hi,
-        block=block,
-        observations=n_obs,
-        rows_in_cell=acc.rows_in_cell,
-        granules_read=read_ok,
-        granules_with_data=with_data,
-        failures=tuple(failures),
-        seconds=time.perf_counter() - start,
-        rows_filtered=acc.rows_filtered,
-        rows_invalid=acc.rows_invalid,
-        granule_ids=tuple(read_ids),
-        footprint_misses=tuple(misses),
-    )
+
+# --------------------------------------------------------------------------------------------------
+# Granule stage
 
 
 @dataclass(frozen=True)
-class _ReadJob:
-    """What to read from each granule: child cells [child_lo, child_hi) (global ids) and how."""
+class PartitionJob:
+    """What the granule stage needs besides the granule: layout, reader, filters, where rows go."""
 
-    child_lo: int
-    child_hi: int
-    lat_band: tuple[float, float]
-    grid: Grid
-    reader: ReaderName
-    filters: Filters
-    storage_options: dict | None
+    layout: TaskLayout
+    location: Location
+    key: str  # partition key: records made for another key are not reused
+    reader: ReaderName = "h5py"
+    filters: Filters = Filters()
+    storage_options: dict | None = field(default=None, repr=False)
+    retry: RetryPolicy = RetryPolicy()
 
 
-def _read_with_retries(
-    ref: GranuleRef, job: _ReadJob, retry: RetryPolicy, acc: _Collected,
-    check: tuple[frozenset[int], TaskLayout] | None = None,
-) -> tuple[GranuleFailure | None, _Collected]:
-    """Read one granule into `acc`, retrying transient failures under `retry`; only a complete read is kept.
+def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int = 0) -> GranuleRecord:
+    """The granule's record, reusing one made for the same key; otherwise read, partition and write it.
 
-    `EndpointUnreachable` propagates at once (nothing was learnt about the granule: the task stops and
-    the run with it); any other failure is returned as a `GranuleFailure` with the tries it took.
+    Transient read failures are retried under the job's policy; `EndpointUnreachable` propagates
+    (nothing was learnt about the granule, and the run must stop).
     """
+    done = job.location.record(ref.granule_id, job.key)
+    if done is not None and done.status == "ok":
+        return done
+    reset_peak()
+    start, cpu = time.perf_counter(), time.thread_time()
     attempt = 0
-    part = _Collected()
     try:
-        for trial in retrying(retry, _transient_read):
+        for trial in retrying(job.retry, _transient_read):
             with trial:
                 attempt = trial.retry_state.attempt_number
-                part = _Collected()
-                _read_granule(ref, job, part, check)
+                counts, rows, segments = _partition(ref, job)
     except EndpointUnreachable:
         raise
     except GranuleError as exc:
-        return GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt), part
+        failure = GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt)
+        return _failed(ref, job, failure, (start, cpu), projected_bytes)
     except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
-        return GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt), part
-    acc.add(part)
-    return None, part
+        failure = GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt)
+        return _failed(ref, job, failure, (start, cpu), projected_bytes)
+    job.location.write_rows(ref.granule_id, segments, rows)
+    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="ok", segments=segments, attempts=attempt,
+                           seconds=time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu,
+                           peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes, **counts)
+    job.location.write_record(record)
+    return record
+
+
+def _failed(ref: GranuleRef, job: PartitionJob, failure: GranuleFailure, started: tuple[float, float],
+            projected_bytes: int) -> GranuleRecord:
+    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="failed", reason=failure.reason,
+                           transient=failure.transient, attempts=failure.attempts,
+                           seconds=time.perf_counter() - started[0], cpu_seconds=time.thread_time() - started[1],
+                           peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes)
+    job.location.write_record(record)
+    return record
+
+
+def index_row(record: GranuleRecord, columns: tuple[int, ...]) -> np.ndarray:
+    """The granule's index entries for the given tasks (FAILED everywhere for a failed granule)."""
+    if record.status != "ok":
+        return np.full(len(columns), FAILED, np.int64)
+    entries = np.zeros(record.segments[-1][0] + 1 if record.segments else 0, np.int64)
+    if record.segments:
+        seg = np.asarray(record.segments, np.int64)
+        entries[seg[:, 0]] = pack(seg[:, 1], seg[:, 2])
+    wanted = np.asarray(columns, np.int64)
+    out = np.zeros(wanted.size, np.int64)
+    have = wanted < entries.size
+    out[have] = entries[wanted[have]]
+    return out
 
 
 def _transient_read(exc: BaseException) -> bool:
@@ -209,70 +165,95 @@ def _transient_read(exc: BaseException) -> bool:
     return isinstance(exc, GranuleError) and exc.transient
 
 
-def _read_granule(ref: GranuleRef, job: _ReadJob, acc: _Collected,
-                  check: tuple[frozenset[int], TaskLayout] | None = None) -> None:
-    lat_band, child_lo, child_hi = job.lat_band, job.child_lo, job.child_hi
+def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.ndarray], list[list[int]]]:
+    """Counts, the kept rows grouped by task (beam then row order within a task), and segments."""
+    layout, quality_max = job.layout, job.filters.quality_max
+    beams: list[tuple[np.ndarray, ...]] = []  # kept rows of each beam in the plan: t, h, sigma, local cell
+    runs: list[tuple[int, int, int, int]] = []  # (task, beam, first, stop) into those rows
+    counts = {"rows": 0, "rows_invalid": 0, "rows_filtered": 0, "rows_outside": 0}
     with open_granule(ref.url, job.reader, job.storage_options) as granule:
         for beam in granule.beams():
-            # Latitude first: longitude is read only over the rows within the range's latitude band
-            # (all of it for a granule this task checks).
-            lat = granule.read(beam, ("latitude",))["latitude"]
-            if check is not None:
-                lon_all = granule.read(beam, ("longitude",))["longitude"]
-                _check_rows(lon_all, lat, *check, acc)
-            band = np.flatnonzero((lat >= lat_band[0]) & (lat <= lat_band[1]))
-            if band.size == 0:
+            d = granule.read(beam, COLUMNS)
+            lat, lon, h, sigma, t = d["latitude"], d["longitude"], d["h_li"], d["h_li_sigma"], d["delta_time"]
+            # |x| < limit is False for NaN and inf, so each test also checks finiteness.
+            valid = (np.abs(lat) <= 90.0) & (np.abs(lon) <= 360.0) & (np.abs(t) < atl06.FILL_THRESHOLD)
+            keep = valid & (np.abs(h) < atl06.FILL_THRESHOLD) & (sigma > 0) & (sigma < atl06.FILL_THRESHOLD)
+            if quality_max is not None:
+                keep &= d["atl06_quality_summary"] <= quality_max
+            n_valid, idx = int(np.count_nonzero(valid)), np.flatnonzero(keep)
+            counts["rows"] += int(lat.size)
+            counts["rows_invalid"] += int(lat.size) - n_valid
+            counts["rows_filtered"] += n_valid - int(idx.size)
+            if idx.size == 0:
                 continue
-            b0, b1 = int(band[0]), int(band[-1]) + 1
-            lat = lat[b0:b1]
-            lon = lon_all[b0:b1] if check is not None else granule.read(beam, ("longitude",), (b0, b1))["longitude"]
-            near = (lat >= lat_band[0]) & (lat <= lat_band[1]) & np.isfinite(lon) & (np.abs(lon) <= 360.0)
-            cell = np.zeros(lat.shape, dtype=np.uint64)
-            cell[near] = job.grid.child_cells(lon[near], lat[near])
-            inside = near & (cell >= np.uint64(child_lo)) & (cell < np.uint64(child_hi))
-            rows = np.flatnonzero(inside)
-            if rows.size == 0:
+            cells = cells_of_points(lon[idx], lat[idx], layout.grid.child_order, num_threads=1)
+            first, stop, task = layout.task_runs(cells)
+            counts["rows_outside"] += int((stop - first)[task < 0].sum())
+            if (task < 0).all():
                 continue
-            r0, r1 = int(rows[0]), int(rows[-1]) + 1
-            cell, inside = cell[r0:r1], inside[r0:r1]
-            r0, r1 = r0 + b0, r1 + b0
-            payload = granule.read(beam, atl06.PAYLOAD, (r0, r1))
-            acc.rows_in_cell += int(rows.size)
-            h = payload["h_li"]
-            sigma = payload["h_li_sigma"]
-            t = payload["delta_time"]
-            valid_t = _valid_values(t)
-            keep = inside & _valid_values(h) & _valid_values(sigma) & (sigma > 0)
-            if job.filters.quality_max is not None:
-                keep &= payload["atl06_quality_summary"] <= job.filters.quality_max
-            acc.rows_invalid += int(np.count_nonzero(inside & ~valid_t))
-            acc.rows_filtered += int(np.count_nonzero(inside & valid_t & ~keep))
-            keep &= valid_t
-            acc.cell.append(cell[keep])
-            acc.h.append(h[keep])
-            acc.sigma.append(sigma[keep])
-            acc.t.append(t[keep])
+            k = len(beams)
+            beams.append((t[idx], h[idx], sigma[idx], layout.local_cells(cells)))
+            runs += [(tk, k, a, b) for tk, a, b in zip(task.tolist(), first.tolist(), stop.tolist()) if tk >= 0]
+    names = ("t", "h", "sigma", "cell")
+    dtypes = ("<f8", "<f4", "<f4", row_dtype(layout.chunk_cells))  # as the product stores them (atl06.VARIABLES)
+    if not runs:
+        return counts, {n: np.empty(0, dt) for n, dt in zip(names, dtypes)}, []
+    runs.sort(key=lambda r: r[0])  # stable: beam then row order within a task
+    rows = {n: np.concatenate([beams[k][c][a:b] for _, k, a, b in runs]).astype(dt, copy=False)
+            for c, (n, dt) in enumerate(zip(names, dtypes))}
+    task = np.fromiter((r[0] for r in runs), np.int64, len(runs))
+    length = np.fromiter((r[3] - r[2] for r in runs), np.int64, len(runs))
+    start = np.concatenate(([0], np.cumsum(length)[:-1]))
+    new = np.concatenate(([True], task[1:] != task[:-1]))  # first run of each task
+    segments = np.stack([task[new], start[new], np.add.reduceat(length, np.flatnonzero(new))], axis=1).tolist()
+    return counts, rows, segments
 
 
-def _valid_coordinates(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    return np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90.0) & (np.abs(lon) <= 360.0)
+# --------------------------------------------------------------------------------------------------
+# Cell stage
 
 
-def _check_rows(lon: np.ndarray, lat: np.ndarray, listed: frozenset[int], layout: TaskLayout,
-                acc: _Collected) -> None:
-    """Count rows without valid coordinates, and rows in tasks that do not list this granule."""
-    valid = _valid_coordinates(lon, lat)
-    acc.rows_invalid += int(valid.size - np.count_nonzero(valid))
-    task = layout.task_of(lon[valid], lat[valid])
-    task = task[task >= 0]
-    if task.size == 0:
-        return
-    ids, counts = np.unique(task, return_counts=True)
-    missed = ~np.isin(ids, np.fromiter(listed, dtype=np.int64, count=len(listed)))
-    for t, n in zip(ids[missed].tolist(), counts[missed].tolist()):
-        acc.misses[t] = acc.misses.get(t, 0) + n
+@dataclass(frozen=True)
+class TaskResult:
+    """What one cell-stage task produced: the statistics block and where its rows came from."""
+
+    block: np.ndarray = field(repr=False)
+    observations: int
+    granules_with_rows: tuple[str, ...]
+    failed: tuple[str, ...]  # granules the task lists whose read failed
+    seconds: float
+    cpu_seconds: float
 
 
-def _valid_values(x: np.ndarray) -> np.ndarray:
-    """Finite and below the ATL06 fill threshold."""
-    return np.isfinite(x) & (np.abs(x) < atl06.FILL_THRESHOLD)
+def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: tuple[int, ...],
+                location: Location, chunk_cells: int) -> TaskResult:
+    """The block of one task from its index entries (one per granule of the plan, plan order).
+
+    Segments are concatenated with the task's listed granules first, in listing order, then the
+    rest in plan order: the order a footprint-true read would see them, so sums are reproducible.
+    """
+    start, cpu = time.perf_counter(), time.thread_time()
+    entries = np.asarray(entries, np.int64).ravel()
+    first, rows = unpack(np.maximum(entries, 0))
+    has = np.flatnonzero((entries > 0) & (rows > 0))
+    failed = np.flatnonzero(entries == FAILED)
+    rank = np.full(entries.size, len(listed), np.int64) + np.arange(entries.size)
+    rank[np.asarray(listed, np.int64)] = np.arange(len(listed))
+    has = has[np.argsort(rank[has], kind="stable")]
+    parts = [location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), chunk_cells) for g in has]
+    if parts:
+        cols = {name: np.concatenate([p[name] for p in parts]) for name in ("t", "h", "sigma", "cell")}
+        block = grouped_stats(cols["cell"].astype(np.intp), cols["h"], cols["sigma"], cols["t"], chunk_cells)
+        n_obs = int(cols["cell"].size)
+    else:
+        block = grouped_stats(np.empty(0, np.intp), np.empty(0), np.empty(0), np.empty(0), chunk_cells)
+        n_obs = 0
+    listed_set = set(listed)
+    return TaskResult(
+        block=block,
+        observations=n_obs,
+        granules_with_rows=tuple(granules[g].granule_id for g in has),
+        failed=tuple(granules[g].granule_id for g in failed if int(g) in listed_set),
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.thread_time() - cpu,
+    )

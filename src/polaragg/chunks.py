@@ -36,11 +36,10 @@ def inflate_name() -> str:
     return "zlib" if _inflater is zlib else "isal"
 
 
-def _fast_layout(dset: h5py.Dataset) -> tuple[int, np.dtype, int, bool] | None:
+def _fast_layout(dsid: h5py.h5d.DatasetID) -> tuple[int, np.dtype, int, bool] | None:
     """(length, dtype, chunk length, shuffled) when the dataset can be decoded here, else None."""
     import h5py
 
-    dsid = dset.id
     dcpl = dsid.get_create_plist()
     if dcpl.get_layout() != h5py.h5d.CHUNKED:
         return None
@@ -66,27 +65,34 @@ def _fast_layout(dset: h5py.Dataset) -> tuple[int, np.dtype, int, bool] | None:
     return shape[0], dtype, dcpl.get_chunk()[0], shuffled
 
 
-def read_column(dset: h5py.Dataset, fd: int | None = None) -> np.ndarray:
+def read_column(dset: h5py.Dataset | h5py.h5d.DatasetID, fd: int | None = None) -> np.ndarray:
     """All values of a 1-D dataset, equal to ``dset[...]`` (same values, same dtype).
 
     Deflated chunks (optionally byte-shuffled) are read raw, with ``os.pread`` on ``fd`` (a descriptor open
     on the dataset's file) when given, else with ``read_direct_chunk`` (any h5py file, file-like ones
     included), and inflated into their slot of the output. Other layouts, filters, dtypes, unwritten chunks
     and chunks HDF5 stored unfiltered are read with ``dset[...]``. A corrupt chunk raises one of
-    ``INFLATE_ERRORS``.
+    ``INFLATE_ERRORS``. A low-level ``DatasetID`` is accepted too (opening one costs less than a Dataset).
     """
-    layout = _fast_layout(dset)
+    import h5py
+
+    dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
+
+    def whole() -> np.ndarray:
+        return (dset if isinstance(dset, h5py.Dataset) else h5py.Dataset(dsid))[...]
+
+    layout = _fast_layout(dsid)
     if layout is None:
-        return dset[...]
+        return whole()
     n, dtype, chunk_len, shuffled = layout
     if n == 0:
         return np.empty(0, dtype=dtype)
     infos: list[h5py.h5d.StoreInfo] = []
-    dset.id.chunk_iter(infos.append)
+    dsid.chunk_iter(infos.append)
     if len(infos) != -(-n // chunk_len) or any(
         i.filter_mask != 0 or i.chunk_offset[0] % chunk_len or i.chunk_offset[0] >= n for i in infos
     ):
-        return dset[...]
+        return whole()
     itemsize = dtype.itemsize
     nbytes = chunk_len * itemsize
     out = np.empty(n, dtype=dtype)
@@ -95,12 +101,12 @@ def read_column(dset: h5py.Dataset, fd: int | None = None) -> np.ndarray:
         if fd is not None:
             raw = os.pread(fd, info.size, info.byte_offset)
         else:
-            mask, raw = dset.id.read_direct_chunk(info.chunk_offset)
+            mask, raw = dsid.read_direct_chunk(info.chunk_offset)
             if mask != 0:
-                return dset[...]
+                return whole()
         data = _inflater.decompress(raw, 15, nbytes)
         if len(data) != nbytes:
-            return dset[...]
+            return whole()
         start = info.chunk_offset[0]
         count = min(chunk_len, n - start)
         if shuffled:

@@ -23,8 +23,11 @@ Model, per task (one ledger record):
 - EC2 / Coiled: instance-hours = wall x n_instances when both are known, else the (attempt-weighted)
   task-seconds packed perfectly onto the instance's vCPUs (a lower bound: no idle cores, no start-up);
   EC2 $ = hours x hourly (x spot factor); Coiled fee = hours x vCPUs x fee per CPU-hour.
-- S3 requests: GETs = granules_read x `s3_gets_per_granule` (default 30 byte-range GETs per granule per
-  task); PUTs = tasks x (stored variables + 1 ledger record). Transfer inside the region is free.
+- Invocations and seconds: every cell-stage task, plus every granule-stage task (its record is carried by
+  the one cell task that reports the granule, `TaskRecord.granule_reports`).
+- S3 requests: GETs = granules read x `s3_gets_per_granule` (each granule once when the records report
+  the granule stage, else once per task that read it); PUTs = tasks x (stored variables + 1 ledger
+  record) + one partition per granule. Transfer inside the region is free.
 """
 
 from __future__ import annotations
@@ -249,8 +252,13 @@ def _price(
     gets_per_granule = prices.s3_gets_per_granule if gets_per_granule is None else gets_per_granule
     puts_per_task = _stored_variables() + 1 if puts_per_task is None else puts_per_task
 
+    # Invocations: every cell-stage task, and every granule-stage task its granule's reporter recorded.
     attempts = [max(1, int(r.attempt)) for r in records]
     seconds = [float(r.seconds) for r in records]
+    for r in records:
+        for g in r.granule_reports:
+            attempts.append(max(1, int(g.get("attempts", 1))))
+            seconds.append(float(g.get("seconds", 0.0)))
     task_seconds = math.fsum(seconds)
     attempt_seconds = math.fsum(k * s for k, s in zip(attempts, seconds))
     observations = sum(int(r.observations) for r in records)
@@ -267,7 +275,8 @@ def _price(
     if timeouts:
         notes.append(f"{timeouts} task(s) would exceed the Lambda timeout of "
                      f"{prices.lambda_timeout_seconds:.0f} s: split them before running on Lambda")
-    peak = max((int(r.peak_memory_bytes) for r in records), default=0)
+    peak = max([int(r.peak_memory_bytes) for r in records]
+               + [int(g.get("peak_memory_bytes", 0)) for r in records for g in r.granule_reports], default=0)
     if on_lambda and peak > lambda_memory_mb * 2**20:
         notes.append(f"peak task memory {peak / 2**20:,.0f} MiB is above the Lambda memory "
                      f"{lambda_memory_mb} MB")
@@ -287,15 +296,17 @@ def _price(
     fee = hours * vcpus * prices.coiled_fee_per_cpu_hour
 
     # S3 requests.
-    gets = int(round(sum(int(r.granules_read) for r in records) * gets_per_granule))
-    puts = len(records) * int(puts_per_task)
+    # A granule is read once by the granule stage when the records report it, else once per task reading it.
+    reported = sum(len(r.granule_reports) for r in records)
+    gets = int(round((reported or sum(int(r.granules_read) for r in records)) * gets_per_granule))
+    puts = len(records) * int(puts_per_task) + reported
     s3 = gets * prices.s3_get_per_1000 / 1000.0 + puts * prices.s3_put_per_1000 / 1000.0
 
-    if invocations > len(records):
-        notes.append(f"{invocations - len(records)} retried attempt(s) billed as extra invocations of the "
+    if invocations > len(seconds):
+        notes.append(f"{invocations - len(seconds)} retried attempt(s) billed as extra invocations of the "
                      "recorded duration")
     return CostReport(
-        kind=kind, executor=executor, n_tasks=len(records), invocations=invocations,
+        kind=kind, executor=executor, n_tasks=len(seconds), invocations=invocations,
         wall_seconds=wall_seconds, task_seconds=task_seconds, max_task_seconds=max(seconds, default=0.0),
         observations=observations, rows=sum(int(r.rows_in_cell) for r in records),
         granules_read=sum(int(r.granules_read) for r in records),

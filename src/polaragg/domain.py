@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
+try:
+    POLARAGG_VERSION = version("polaragg")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    POLARAGG_VERSION = "0+unknown"
 
 # ------------------------------------------------------------------------------------------------
 # Granules and what a task reads from them

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+import uuid
 
 # botocore Config for every S3 client polaragg builds or configures (s3fs `config_kwargs`, h5coro's
 # S3 driver): a TCP connect that does not finish in 3 s, or a response silent for 10 s, fails, and
@@ -61,3 +62,22 @@ def public_url(url: str) -> str:
         return parts.scheme or "unknown endpoint"
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def put_whole(url: str, parts: list, storage_options: dict | None = None) -> None:
+    """Write the concatenation of `parts` (bytes-like) to `url`, whole or not at all.
+
+    Local files are written beside their target and renamed over it; objects go in one PUT.
+    """
+    if "://" not in url or url.startswith("file://"):
+        path = url.removeprefix("file://")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.writelines(parts)
+        os.replace(tmp, path)
+        return
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url, **fsspec_options(url, storage_options))
+    fs.pipe_file(path, b"".join(bytes(p) for p in parts))

@@ -78,11 +78,13 @@ class Grid:
         }
 
 
-def cells_of_points(lon: np.ndarray, lat: np.ndarray, order: int) -> np.ndarray:
-    """Nested HEALPix ids (uint64) of points, with latitude made authalic on the WGS84 ellipsoid."""
+def cells_of_points(lon: np.ndarray, lat: np.ndarray, order: int, num_threads: int = 0) -> np.ndarray:
+    """Nested HEALPix ids (uint64) of points, with latitude made authalic on the WGS84 ellipsoid.
+
+    `num_threads` 0 uses every core; tasks pass 1, since their parallelism belongs to the executor."""
     lon = np.ascontiguousarray(lon, dtype=np.float64)
     lat = np.ascontiguousarray(lat, dtype=np.float64)
     if lon.size == 0:
         return np.empty(0, dtype=np.uint64)
-    ids = hpn.lonlat_to_healpix(lon, lat, order, ellipsoid=ELLIPSOID)
+    ids = hpn.lonlat_to_healpix(lon, lat, order, ellipsoid=ELLIPSOID, num_threads=num_threads)
     return np.asarray(ids, dtype=np.uint64)

@@ -47,13 +47,20 @@ class TaskRecord:
     attempt: int = 1
     executor: str = ""
     fingerprint: str = ""
-    rows_filtered: int = 0  # rows in the task's cells dropped by the filters (quality, fill values, sigma)
-    rows_invalid: int = 0  # rows without valid time in the task's cells, or coordinates (once per granule)
-    granule_ids: list[str] = field(default_factory=list)  # granules read completely
+    # Sums over the granules this task reports (`granule_reports`): each granule is reported by one task.
+    rows_filtered: int = 0  # valid rows dropped by the filters (quality, fill values, sigma <= 0)
+    rows_invalid: int = 0  # rows without valid coordinates or time
+    rows_outside: int = 0  # kept rows outside every task of the plan
+    granule_ids: list[str] = field(default_factory=list)  # granules read completely: listed ones, and any with rows here
+    # Rows of a reported granule in tasks its footprint did not list (routed there all the same).
     footprint_misses: list[dict] = field(default_factory=list)  # {granule, parent, child_lo, rows}
     checksum: str = ""  # of the chunk written (store.checksum)
     projected_memory_bytes: int = 0
     run_id: str = ""
+    granule_reports: list[dict] = field(default_factory=list)  # granule-stage records of the granules reported
+    granule_seconds: float = 0.0  # granule-stage seconds of the granules reported
+    cpu_seconds: float = 0.0  # CPU time of the task (reduce, write), its thread only
+    granule_cpu_seconds: float = 0.0  # granule-stage CPU time of the granules reported
 
     @property
     def key(self) -> str:

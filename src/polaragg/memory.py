@@ -88,12 +88,19 @@ class MemoryModel:
         others = max(rows, busiest if busiest is not None else rows) * max(0, self.concurrent_tasks - 1)
         return int(self.baseline_bytes + self.bytes_per_row * (rows + others))
 
+    def partition(self, rows: float) -> int:
+        """Projected peak of the granule stage for a granule of `rows` rows (one task per process)."""
+        return int(self.baseline_bytes + PARTITION_BYTES_PER_ROW * rows)
+
     def rows_within(self, budget: int) -> float:
         """Most rows every task may hold (the busiest one included) within `budget` bytes."""
         return max(0.0, (budget - self.baseline_bytes) / (self.bytes_per_row * max(1, self.concurrent_tasks)))
 
 
 MIB = 2**20
+# The granule stage holds one beam's six columns and masks, and the granule's kept rows grouped by task:
+# at most 37 B per row of the granule measured on the demo (benchmarks/memory.py), with a margin.
+PARTITION_BYTES_PER_ROW = 60.0
 
 # Measured by benchmarks/memory.py (benchmarks/results/memory.md) on the demo recipe and a 4x-density
 # version, 2-core x86_64, Python 3.11. Per-row cost above a fresh worker's baseline: ~49 B/expected row

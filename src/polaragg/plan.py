@@ -1,34 +1,39 @@
-"""The plan: one bounded task per parent cell, exposed lazily as an xarray Dataset over Cubed or Dask.
+"""The plan: a granule stage and a cell stage, as one lazy Cubed or Dask computation.
 
-`Plan` is plain picklable data (cells, granule lists, reader settings) so the same task function
-runs in threads, processes, Lithops workers or Dask workers. Two lazy arrays are built over it:
+`Plan` is plain picklable data (cells, tasks, granules, reader settings), so its block functions
+run in threads, processes, Lithops workers or Dask workers. The computation is three arrays:
 
-- the statistics array (children x statistics), chunked one parent per chunk: `open_dataset`
-  turns its columns into Dataset variables for interactive use;
-- the run array (parents x summary fields): each of its tasks also writes its statistics chunk
-  into the output store and its ledger record, which is how `run` produces a store on any executor.
+- `index` (granules x tasks, one block per granule): each block reads its granule once, writes
+  the granule's rows, sorted by task, to the intermediate, and returns where each task's segment is;
+- the same index by task (one block per task, every granule's entry for it): a transpose;
+- `stats` (cells x statistics, one block per task): each block reads its segments and reduces them.
+
+`open_dataset` exposes the columns of `stats`; `run` stores each block of `stats` into the output
+store as it is computed (with its ledger record), which is the same computation ending in a write.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
-import threading
-import uuid
+import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .aggregate import TaskLayout, TaskResult, reduce_parent
+from .aggregate import PartitionJob, TaskLayout, TaskResult, index_row, partition_granule, reduce_task
 from .catalog import Catalog
 from .domain import Filters, GranuleRef, RetryPolicy
 from .grid import Grid
+from .intermediate import GranuleRecord, Location
 from .ledger import TaskRecord, write_record
 from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak
 from .read import ReaderName
-from .stats import STAT_INDEX, STATS
+from .stats import STATS
 from .store import write_block
 
 SUMMARY_FIELDS: tuple[str, ...] = (
@@ -42,17 +47,17 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Task:
-    """One bounded unit of work: the child range [child_lo, child_hi) of one parent cell."""
+    """One bounded unit of the cell stage: the child range [child_lo, child_hi) of one parent cell."""
 
     index: int  # block index: the task's chunk of the output is cells [index * chunk, (index + 1) * chunk)
     parent: int
     child_lo: int
     child_hi: int
-    granules: tuple[GranuleRef, ...]
+    granules: tuple[GranuleRef, ...]  # granules whose footprints cross the range (planning, failures)
     expected_rows: float
     projected_bytes: int = 0  # peak memory projected by the plan's memory model
-    # Granules this task checks against their footprints, each with the indices of the tasks listing it.
-    check: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    # Granules whose granule-stage record this task reports, each with the indices of the tasks listing it.
+    reports: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ class Plan:
     split: int = 1  # tasks per parent cell
     retry: RetryPolicy = RetryPolicy()
     memory: MemoryModel = DEFAULT_MODEL
+    # Every granule some task lists, largest first: the granule stage's blocks, in execution order.
+    granules: tuple[GranuleRef, ...] = field(default=(), repr=False)
+    granule_projected_bytes: tuple[int, ...] = field(default=(), repr=False)
+    # Tasks the cell stage computes, in execution order (None: all of them, in cell order).
+    columns: tuple[int, ...] | None = field(default=None, repr=False)
 
     @property
     def n_cells(self) -> int:
@@ -83,16 +93,39 @@ class Plan:
     def layout(self) -> TaskLayout:
         return TaskLayout(self.parents, self.split, self.grid)
 
-    def run_task(self, index: int, check_footprints: bool = True) -> TaskResult:
-        """Reduce one task. Footprint checks only pay off where their misses are repaired (`run`), so
-        the lazy Dataset's blocks skip them."""
-        task = self.tasks[index]
-        check = {g: frozenset(listed) for g, listed in task.check} if check_footprints else {}
-        return reduce_parent(
-            task.parent, list(task.granules), self.grid, reader=self.reader, filters=self.filters,
-            storage_options=self.storage_options, child_range=(task.child_lo, task.child_hi), retry=self.retry,
-            check=check, layout=self.layout if check else None,
-        )
+    @property
+    def task_columns(self) -> tuple[int, ...]:
+        return tuple(range(len(self.tasks))) if self.columns is None else self.columns
+
+    @cached_property
+    def partition_key(self) -> str:
+        """What a granule's partition depends on: layout, grid, filters and the granule itself."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.parents, dtype=np.uint64).tobytes())
+        h.update(f"{self.split}:{self.grid.parent_order}:{self.grid.child_order}:{self.filters}".encode())
+        return h.hexdigest()[:16]
+
+    @cached_property
+    def granule_position(self) -> dict[str, int]:
+        return {g.granule_id: i for i, g in enumerate(self.granules)}
+
+    def listed(self, index: int) -> tuple[int, ...]:
+        """Positions (in `granules`) of the granules task `index` lists, in its listing order."""
+        pos = self.granule_position
+        return tuple(pos[g.granule_id] for g in self.tasks[index].granules if g.granule_id in pos)
+
+    def partition_job(self, location: Location) -> PartitionJob:
+        return PartitionJob(self.layout, location, self.partition_key, self.reader, self.filters,
+                            self.storage_options, self.retry)
+
+    def partition(self, position: int, location: Location) -> GranuleRecord:
+        """Run the granule stage for the granule at `position` (reusing a record made for this plan)."""
+        projected = self.granule_projected_bytes[position] if self.granule_projected_bytes else 0
+        return partition_granule(self.granules[position], self.partition_job(location), projected)
+
+    def reduce(self, index: int, entries: np.ndarray, location: Location) -> TaskResult:
+        """Run the cell stage for task `index` from its index entries (one per granule)."""
+        return reduce_task(entries, self.granules, self.listed(index), location, self.chunk_cells)
 
     def task_place(self, index: int) -> dict[str, int]:
         """Parent cell and first child of the task with a given index (of the whole plan)."""
@@ -105,18 +138,9 @@ class Plan:
             raise KeyError(f"parent cell {parent} is not in the plan")
         return pos * self.split + child_lo // self.chunk_cells
 
-    def with_granules(self, extra: dict[int, tuple[GranuleRef, ...]], rows: dict[int, int] | None = None) -> "Plan":
-        """The plan with more granules given to some tasks (by index), e.g. those their footprints missed."""
-        tasks = list(self.tasks)
-        for i, refs in extra.items():
-            t = tasks[i]
-            have = {g.granule_id for g in t.granules}
-            added = tuple(g for g in refs if g.granule_id not in have)
-            rows_more = float((rows or {}).get(i, 0))
-            busiest = max(x.expected_rows for x in tasks)
-            tasks[i] = dataclasses.replace(t, granules=t.granules + added, expected_rows=t.expected_rows + rows_more,
-                                           projected_bytes=self.memory.projected(t.expected_rows + rows_more, busiest))
-        return dataclasses.replace(self, tasks=tuple(tasks))
+    def with_columns(self, columns: list[int] | tuple[int, ...]) -> "Plan":
+        """The plan computing only the given tasks (in that order); the granule stage is unchanged."""
+        return dataclasses.replace(self, columns=tuple(int(c) for c in columns))
 
     def largest_first(self) -> list[int]:
         """Task order for execution: most expected rows first, so the longest tasks do not start last."""
@@ -125,6 +149,10 @@ class Plan:
     @property
     def max_projected_bytes(self) -> int:
         return max((t.projected_bytes for t in self.tasks), default=self.memory.baseline_bytes)
+
+    @property
+    def max_granule_projected_bytes(self) -> int:
+        return max(self.granule_projected_bytes, default=self.memory.baseline_bytes)
 
 
 def make_plan(
@@ -168,11 +196,31 @@ def make_plan(
             raise PlanError(f"a task with {max(t.expected_rows for t in tasks):,.0f} expected rows cannot fit "
                             f"in {memory_per_task / 2**20:.0f} MiB even split per child cell")
         split *= 2
-    return Plan(grid, parents, tuple(_assign_checks(tasks)), reader, filters, storage_options, split, retry, memory)
+    granules, projected = _granule_order(catalog, tasks, memory)
+    if memory_per_task is not None and max(projected, default=0) > memory_per_task:
+        worst = granules[int(np.argmax(projected))]
+        raise PlanError(f"granule {worst.granule_id} is projected to need {max(projected) / 2**20:.0f} MiB to "
+                        f"partition, above memory per task {memory_per_task / 2**20:.0f} MiB; raise "
+                        "executor.memory_per_task")
+    return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
+                granules, projected)
 
 
-def _assign_checks(tasks: list[Task]) -> list[Task]:
-    """Give each granule's footprint check to one task that reads it, spread over the tasks."""
+def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel) -> tuple[tuple[GranuleRef, ...],
+                                                                                     tuple[int, ...]]:
+    """Every granule some task lists, most expected rows first, and its granule-stage memory projection."""
+    g = catalog.granules
+    rows = dict(zip(g.granule_id.astype(str), g.expected_rows.fillna(0).astype(float)))
+    seen: dict[str, GranuleRef] = {}
+    for t in tasks:
+        for ref in t.granules:
+            seen.setdefault(ref.granule_id, ref)
+    order = sorted(seen.values(), key=lambda r: -rows.get(r.granule_id, 0.0))
+    return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0)) for r in order)
+
+
+def _assign_reports(tasks: list[Task]) -> list[Task]:
+    """Give each granule's record to one task that lists it to report, spread over the tasks."""
     listing: dict[str, list[int]] = {}
     for t in tasks:
         for g in t.granules:
@@ -180,10 +228,10 @@ def _assign_checks(tasks: list[Task]) -> list[Task]:
     checks: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
     load = np.zeros(len(tasks))
     for granule_id, listed in listing.items():
-        checker = min(listed, key=lambda i: (load[i], i))  # the least-loaded task already reading it
+        checker = min(listed, key=lambda i: (load[i], i))  # the least-loaded task listing it
         load[checker] += 1
         checks.setdefault(checker, []).append((granule_id, tuple(listed)))
-    return [dataclasses.replace(t, check=tuple(checks.get(t.index, ()))) for t in tasks]
+    return [dataclasses.replace(t, reports=tuple(checks.get(t.index, ()))) for t in tasks]
 
 
 def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory: MemoryModel,
@@ -224,63 +272,30 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
     return [dataclasses.replace(t, projected_bytes=memory.projected(t.expected_rows, busiest)) for t in tasks]
 
 
-class _StatsBlock:
-    """Picklable block function of the statistics array."""
+class _Partition:
+    """Block function of the granule stage: one granule's index entries for the plan's columns."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, location: Location) -> None:
         self.plan = plan
+        self.location = location
 
     def __call__(self, *_: object, block_id: tuple[int, int]) -> np.ndarray:
-        return self.plan.run_task(block_id[0], check_footprints=False).block
+        columns = self.plan.task_columns
+        if block_id[0] >= len(self.plan.granules):  # the one row of a plan without granules
+            return np.zeros((1, len(columns)), np.int64)
+        record = self.plan.partition(block_id[0], self.location)
+        return index_row(record, columns)[None, :]
 
 
-class _BlockCache:
-    """Task blocks shared, within one process, by the per-variable arrays of one lazy Dataset.
+class _Reduce:
+    """Block function of the cell stage: one task's statistics block."""
 
-    Each variable is its own Cubed array so that a selection fuses with it and computes only the
-    blocks it needs; this cache makes the variables of a block share one read of its granules. An
-    entry is dropped once every variable has taken its column (or when the cache is full).
-    """
-
-    MAX_ENTRIES = 2048
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._entries: dict[tuple[str, int], list] = {}  # key -> [lock, block, columns still to take]
-
-    def column(self, plan: Plan, token: str, index: int, column: int) -> np.ndarray:
-        key = (token, index)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                if len(self._entries) >= self.MAX_ENTRIES:
-                    self._entries.pop(next(iter(self._entries)))
-                entry = self._entries[key] = [threading.Lock(), None, len(STATS)]
-        with entry[0]:
-            if entry[1] is None:
-                entry[1] = plan.run_task(index, check_footprints=False).block
-            block = entry[1]
-        with self._lock:
-            entry[2] -= 1
-            if entry[2] <= 0:
-                self._entries.pop(key, None)
-        return block[:, column]
-
-
-_BLOCKS = _BlockCache()
-
-
-class _StatColumn:
-    """Picklable block function of one statistic's lazy array."""
-
-    def __init__(self, plan: Plan, token: str, stat: int) -> None:
+    def __init__(self, plan: Plan, location: Location) -> None:
         self.plan = plan
-        self.token = token
-        self.stat = stat
+        self.location = location
 
-    def __call__(self, *_: object, block_id: tuple[int]) -> np.ndarray:
-        column = _BLOCKS.column(self.plan, self.token, block_id[0], self.stat)
-        return column.astype(STATS[self.stat].dtype)
+    def __call__(self, entries: np.ndarray, block_id: tuple[int, int]) -> np.ndarray:
+        return self.plan.reduce(self.plan.task_columns[block_id[0]], entries, self.location).block
 
 
 @dataclass(frozen=True)
@@ -293,97 +308,161 @@ class RunTarget:
     run_id: str = ""  # one per dispatch of tasks: tells a task finished in it from an older record
 
 
-class _RunBlock:
-    """Picklable block function of the run array: reduce, write the chunk, write the ledger record."""
+class _ReduceAndStore:
+    """Block function of a run: the cell stage's block, stored into its chunk, and its ledger record."""
 
-    def __init__(self, plan: Plan, target: RunTarget) -> None:
+    def __init__(self, plan: Plan, location: Location, target: RunTarget) -> None:
         self.plan = plan
+        self.location = location
         self.target = target
 
-    def __call__(self, *_: object, block_id: tuple[int, int]) -> np.ndarray:
-        index = block_id[0]
-        task = self.plan.tasks[index]
+    def __call__(self, entries: np.ndarray, block_id: tuple[int, int]) -> np.ndarray:
+        plan, index = self.plan, self.plan.task_columns[block_id[0]]
+        task = plan.tasks[index]
         reset_peak()
-        result = self.plan.run_task(index)
-        start = task.index * self.plan.chunk_cells
-        digest = write_block(self.target.store, start, result.block, storage_options=self.target.storage_options)
-        peak = peak_bytes()
-        tasks = self.plan.tasks
-        record = TaskRecord(
-            parent=result.parent, child_lo=result.child_lo, child_hi=result.child_hi, status=result.status,
-            observations=result.observations, rows_in_cell=result.rows_in_cell, granules=len(task.granules),
-            granules_read=result.granules_read,
-            failures=[{"granule": f.granule_id, "reason": f.reason, "transient": f.transient,
-                       "attempts": f.attempts} for f in result.failures],
-            seconds=result.seconds, peak_memory_bytes=peak, executor=self.target.executor,
-            attempt=self.target.attempts.get((task.parent, task.child_lo), 0) + 1,
-            fingerprint=self.target.fingerprint, rows_filtered=result.rows_filtered,
-            rows_invalid=result.rows_invalid, granule_ids=list(result.granule_ids),
-            footprint_misses=[{"granule": m.granule_id, **self.plan.task_place(m.task), "rows": m.rows}
-                              for m in result.footprint_misses],
-            checksum=digest, projected_memory_bytes=task.projected_bytes, run_id=self.target.run_id,
-        )
+        start, cpu = time.perf_counter(), time.thread_time()
+        result = plan.reduce(index, entries, self.location)
+        digest = write_block(self.target.store, task.index * plan.chunk_cells, result.block,
+                             storage_options=self.target.storage_options)
+        result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu)
+        record = self._record(task, result, digest)
         write_record(self.target.store, record, self.target.storage_options)
-        summary = [result.observations, result.rows_in_cell, len(task.granules), result.granules_read,
-                   len(result.failures), result.seconds, peak]
+        summary = [record.observations, record.rows_in_cell, record.granules, record.granules_read,
+                   len(record.failures), record.seconds, record.peak_memory_bytes]
         return np.asarray(summary, dtype=np.float64)[None, :]
 
+    def _record(self, task: Task, result: TaskResult, digest: str) -> TaskRecord:
+        plan, location, key = self.plan, self.location, self.plan.partition_key
+        failures = []
+        for granule in result.failed:
+            rec = location.record(granule, key)
+            failures.append({"granule": granule, "reason": rec.reason if rec else "not read",
+                             "transient": bool(rec and rec.transient), "attempts": rec.attempts if rec else 0})
+        reports, misses = [], []
+        for granule, listed in task.reports:
+            rec = location.record(granule, key)
+            if rec is None:
+                continue
+            reports.append({"granule": granule, "status": rec.status, "rows": rec.rows,
+                            "rows_invalid": rec.rows_invalid, "rows_filtered": rec.rows_filtered,
+                            "rows_outside": rec.rows_outside, "observations": rec.observations,
+                            "seconds": rec.seconds, "cpu_seconds": rec.cpu_seconds,
+                            "peak_memory_bytes": rec.peak_memory_bytes,
+                            "projected_memory_bytes": rec.projected_memory_bytes, "attempts": rec.attempts})
+            known = set(listed)
+            misses += [{"granule": granule, **plan.task_place(t), "rows": n}
+                       for t, _, n in rec.segments if t not in known]
+        failed = set(result.failed)
+        read = [g.granule_id for g in task.granules if g.granule_id not in failed]
+        read += [g for g in result.granules_with_rows if g not in set(read)]
+        if failures:
+            status = "failed" if not read else "partial"
+        else:
+            status = "ok" if result.observations > 0 else "empty"
+        return TaskRecord(
+            parent=task.parent, child_lo=task.child_lo, child_hi=task.child_hi, status=status,
+            observations=result.observations, rows_in_cell=result.observations, granules=len(task.granules),
+            granules_read=len(read), failures=failures, seconds=result.seconds, peak_memory_bytes=peak_bytes(),
+            executor=self.target.executor, attempt=self.target.attempts.get((task.parent, task.child_lo), 0) + 1,
+            fingerprint=self.target.fingerprint,
+            rows_filtered=sum(r["rows_filtered"] for r in reports),
+            rows_invalid=sum(r["rows_invalid"] for r in reports),
+            rows_outside=sum(r["rows_outside"] for r in reports),
+            granule_ids=read, footprint_misses=misses, checksum=digest,
+            projected_memory_bytes=task.projected_bytes, run_id=self.target.run_id,
+            granule_reports=reports, granule_seconds=sum(r["seconds"] for r in reports),
+            cpu_seconds=result.cpu_seconds, granule_cpu_seconds=sum(r["cpu_seconds"] for r in reports),
+        )
 
-def stats_array(plan: Plan, chunk_manager: str = "cubed", spec=None):
-    """Lazy (cells x statistics) float64 array, one chunk per task (one parent cell unless split)."""
-    chunks = ((plan.chunk_cells,) * len(plan.tasks), (len(STATS),))
-    extra = {"extra_projected_mem": plan.max_projected_bytes} if chunk_manager == "cubed" else {}
-    return _virtual(_StatsBlock(plan), chunks, chunk_manager, spec, name="polaragg-stats", **extra)
+
+def _index(plan: Plan, location: Location, chunk_manager: str, spec):
+    """The granule stage: (granules x tasks) index entries, one block per granule."""
+    chunks = ((1,) * max(len(plan.granules), 1), (len(plan.task_columns),))
+    extra = {"extra_projected_mem": plan.max_granule_projected_bytes} if chunk_manager == "cubed" else {}
+    return _virtual(_Partition(plan, location), chunks, chunk_manager, spec, np.int64, name="polaragg-partition",
+                    **extra)
 
 
-def run_array(plan: Plan, target: RunTarget, chunk_manager: str = "cubed", spec=None):
-    """Lazy (tasks x summary) array whose computation runs every task and fills the store."""
-    chunks = ((1,) * len(plan.tasks), (len(SUMMARY_FIELDS),))
-    extra = {"extra_projected_mem": plan.max_projected_bytes} if chunk_manager == "cubed" else {}
-    return _virtual(_RunBlock(plan, target), chunks, chunk_manager, spec, name="polaragg-run", **extra)
+def _by_task(index, chunk_manager: str):
+    """The index with one block per task holding every granule's entry for it."""
+    if chunk_manager == "cubed":
+        import cubed.array_api as xp
+
+        by_task = xp.permute_dims(index, (1, 0))
+    else:
+        by_task = index.T
+    return by_task.rechunk((1, index.shape[0]))
 
 
-def _virtual(func, chunks, chunk_manager: str, spec, name: str, **kwargs):
+def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str, spec, name: str):
+    by_task = _by_task(_index(plan, location, chunk_manager, spec), chunk_manager)
     if chunk_manager == "cubed":
         import cubed
 
-        return cubed.map_blocks(func, dtype=np.float64, chunks=chunks, spec=spec, **kwargs)
+        return cubed.map_blocks(func, by_task, dtype=np.float64, chunks=chunks,
+                                extra_projected_mem=plan.max_projected_bytes)
+    import dask.array as da
+
+    return da.map_blocks(func, by_task, dtype=np.float64, chunks=chunks, meta=np.empty((0, 0)), name=name)
+
+
+def stats_array(plan: Plan, location: Location, chunk_manager: str = "cubed", spec=None):
+    """Lazy (cells x statistics) float64 array, one chunk per task (one parent cell unless split)."""
+    chunks = ((plan.chunk_cells,) * len(plan.task_columns), (len(STATS),))
+    return _cell_stage(_Reduce(plan, location), plan, location, chunks, chunk_manager, spec, "polaragg-stats")
+
+
+def run_array(plan: Plan, location: Location, target: RunTarget, chunk_manager: str = "cubed", spec=None):
+    """Lazy (tasks x summary) array whose computation runs every task and fills the store."""
+    chunks = ((1,) * len(plan.task_columns), (len(SUMMARY_FIELDS),))
+    return _cell_stage(_ReduceAndStore(plan, location, target), plan, location, chunks, chunk_manager, spec,
+                       "polaragg-run")
+
+
+def _virtual(func, chunks, chunk_manager: str, spec, dtype, name: str, **kwargs):
+    if chunk_manager == "cubed":
+        import cubed
+
+        return cubed.map_blocks(func, dtype=dtype, chunks=chunks, spec=spec, **kwargs)
     if chunk_manager == "dask":
         import dask.array as da
 
-        return da.map_blocks(func, dtype=np.float64, chunks=chunks, meta=np.empty((0, 0)), name=name)
+        return da.map_blocks(func, dtype=dtype, chunks=chunks, meta=np.empty((0, 0), dtype), name=name)
     raise ValueError(f"chunk_manager must be 'cubed' or 'dask', got {chunk_manager!r}")
 
 
-def dataset_from_plan(plan: Plan, chunk_manager: str = "cubed", spec=None, attrs: dict | None = None) -> xr.Dataset:
+def dataset_from_plan(plan: Plan, location: Location, chunk_manager: str = "cubed", spec=None,
+                      attrs: dict | None = None) -> xr.Dataset:
     """The lazy Dataset: one variable per statistic over dimension `cells`, coordinate `cell_ids`.
 
-    Dask: the variables are columns of one shared task array (graph culling keeps selections
-    cheap). Cubed: one array per variable over a shared per-process block cache, because Cubed only
-    fuses an array into a selection that is its single consumer.
+    The variables are columns of the one statistics array; computing any of them runs the granule
+    stage for every granule (reusing partitions already in `location`) and the cell stage for the
+    tasks selected.
     """
-    variables = {}
-    if chunk_manager == "dask":
-        arr = stats_array(plan, chunk_manager, spec)
+    if plan.columns is not None:
+        raise ValueError("a Dataset covers every task of the plan")
+    arr = stats_array(plan, location, chunk_manager, spec)
+    if chunk_manager == "cubed":
+        from cubed.array_api import astype
     else:
-        import cubed
-
-        token = uuid.uuid4().hex
-        chunks = ((plan.chunk_cells,) * len(plan.tasks),)
+        def astype(x, dtype):
+            return x.astype(dtype)
+    variables = {}
     for i, stat in enumerate(STATS):
-        if chunk_manager == "dask":
-            column = arr[:, STAT_INDEX[stat.name]].astype(stat.dtype)
-        else:
-            column = cubed.map_blocks(_StatColumn(plan, token, i), dtype=np.dtype(stat.dtype), chunks=chunks,
-                                      spec=spec, extra_projected_mem=plan.max_projected_bytes)
+        column = astype(arr[:, i], np.dtype(stat.dtype))
         variables[stat.name] = xr.Variable(("cells",), column, {"units": stat.units, "long_name": stat.long_name})
     cell_ids = xr.Variable(("cells",), plan.cell_ids(), plan.grid.cell_id_attrs())
     return xr.Dataset(variables, coords={"cell_ids": cell_ids}, attrs=attrs or {})
 
 
+# Cubed adds the chunk buffers of an operation to its projected memory; polaragg's memory model already
+# counts them in a worker's baseline, so Cubed's own check gets this much room above the task bound.
+CUBED_BUFFER_SLACK = 16 * 2**20
+
+
 def default_spec(work_dir: str | None = None, allowed_mem: int = 2 * 10**9):
-    """A Cubed Spec with a per-run-safe work directory."""
+    """A Cubed Spec with a per-run-safe work directory; `allowed_mem` is the task memory bound."""
     import cubed
 
     return cubed.Spec(work_dir=work_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), "polaragg-cubed"),
-                      allowed_mem=allowed_mem)
+                      allowed_mem=allowed_mem + CUBED_BUFFER_SLACK)

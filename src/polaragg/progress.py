@@ -150,7 +150,7 @@ def summarize(records: list[TaskRecord], *, store: str, executor: str, wall_seco
         granules_failed=len(failed_granules),
         observations=sum(r.observations for r in records),
         wall_seconds=wall_seconds,
-        task_seconds=sum(r.seconds for r in records),
+        task_seconds=sum(r.seconds + r.granule_seconds for r in records),
         peak_memory_bytes=max((r.peak_memory_bytes for r in records), default=0),
     )
 

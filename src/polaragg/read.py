@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from .chunks import INFLATE_ERRORS, read_column
 from .fs import S3_CLIENT_CONFIG, EndpointUnreachable, public_url, s3_endpoint
 from .products import atl06
 
@@ -256,6 +257,7 @@ class H5pyGranule(_GranuleBase):
 
         self.url = url
         self._fileobj = None
+        self._fd: int | None = None  # local files: whole columns are read from their raw chunks (chunks.py)
         remote = "://" in url and not url.startswith("file://")
         try:
             if remote:
@@ -267,6 +269,7 @@ class H5pyGranule(_GranuleBase):
                 self._file = h5py.File(self._fileobj, "r")
             else:
                 self._file = h5py.File(url.removeprefix("file://"), "r")
+                self._fd = os.open(url.removeprefix("file://"), os.O_RDONLY)
         except BaseException as exc:
             if self._fileobj is not None:
                 self._fileobj.close()
@@ -287,6 +290,8 @@ class H5pyGranule(_GranuleBase):
     def read(
         self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None
     ) -> dict[str, np.ndarray]:
+        import h5py
+
         out: dict[str, np.ndarray] = {}
         sel = slice(None) if rows is None else slice(rows[0], rows[1])
         group = self._groups.get(beam)
@@ -298,11 +303,14 @@ class H5pyGranule(_GranuleBase):
         for name in variables:
             path = atl06.dataset_path(beam, name)
             try:
-                dset = group[name]
-            except KeyError as exc:
+                # Whole columns: the low-level dataset id is all the chunk reader needs (and cheaper).
+                dset = h5py.h5d.open(group.id, name.encode()) if rows is None else group[name]
+            except (KeyError, ValueError) as exc:
                 raise GranuleError(self.url, f"missing variable {path}") from exc
             try:
-                out[name] = dset[sel]
+                out[name] = read_column(dset, self._fd) if rows is None else dset[sel]
+            except INFLATE_ERRORS as exc:
+                raise GranuleError(self.url, f"cannot read {path} (corrupt chunk: {exc})") from exc
             except OSError as exc:
                 raise GranuleError(self.url, f"cannot read {path} ({exc})", transient=_is_transient(exc)) from exc
             except Exception as exc:
@@ -319,6 +327,9 @@ class H5pyGranule(_GranuleBase):
         finally:
             if self._fileobj is not None:
                 self._fileobj.close()
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class H5coroGranule(_GranuleBase):

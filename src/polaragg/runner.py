@@ -1,22 +1,25 @@
 """`run` and `open_dataset`: recipe -> catalog -> plan -> (lazy Dataset | computed store + ledger).
 
 A run refuses any store path that is not new or a polaragg store (and replaces one only when
-asked), takes the store's lock, records its inputs, runs every task, gives tasks the granules whose
-footprints missed them (rows found there by the footprint checks) and runs those again, retries
-tasks lost with a dead worker, and finishes with the summary and cost in the store's attributes.
+asked), takes the store's lock, records its inputs, computes the plan (granule stage, then cell
+stage storing each chunk and its ledger record), retries tasks lost with a dead worker, removes the
+intermediate partitions once every task succeeded, and finishes with the summary and cost in the
+store's attributes.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
 import warnings
-from collections import defaultdict
 from typing import TextIO
 
 import numpy as np
@@ -24,8 +27,9 @@ import xarray as xr
 
 from .catalog import Catalog
 from .cost import run_cost
-from .domain import ExecutorChoice, GranuleRef
+from .domain import ExecutorChoice
 from .executors import cubed_executor, preflight
+from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
 from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
@@ -33,7 +37,7 @@ from .recipe import Recipe, load_recipe
 from .sources import load_catalog
 from .store import StoreError, create_store, finalize_store, inspect_target, recipe_attrs, remove_store
 
-REPAIR_ROUNDS = 3  # footprint repairs converge in one round; more only if a repaired read failed
+PARTITIONS_SUFFIX = ".partitions"  # the intermediate between the two stages, next to the store
 
 
 class PolaraggWarning(UserWarning):
@@ -69,19 +73,33 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
                      memory=model_for(executor or recipe.executor.name, workers or recipe.executor.max_workers))
 
 
-def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None) -> xr.Dataset:
+def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None,
+                 work_dir: str | None = None) -> xr.Dataset:
     """The recipe's statistics as a lazy Dataset (dimension `cells`, one chunk per parent cell).
 
-    Nothing is read until compute; selecting cells and computing reads only the granules of the
-    parent cells involved. Rows outside a granule's footprint are found and repaired only by `run`
-    (its footprint checks need the whole run), so for a catalog whose footprints may lie, use `run`.
+    Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
+    into partitions under `work_dir` (default: a temporary folder removed when the interpreter exits;
+    later computes reuse them), then each selected chunk is reduced from its partitions (on Dask only
+    the selected chunks; Cubed reduces every chunk once).
     """
     recipe = _as_recipe(recipe)
     plan = plan_recipe(recipe)
     if chunk_manager == "cubed" and spec is None:
         spec = default_spec(allowed_mem=recipe.executor.memory_bytes)
+    if work_dir is None:
+        work_dir = tempfile.mkdtemp(prefix="polaragg-partitions-")
+        location = Location(work_dir)
+        atexit.register(location.remove)
+    else:
+        location = Location(os.path.join(work_dir, f"polaragg-partitions-{plan.partition_key}"))
+    location.create()
     attrs = recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint())
-    return dataset_from_plan(plan, chunk_manager, spec, attrs)
+    return dataset_from_plan(plan, location, chunk_manager, spec, attrs)
+
+
+def partitions_location(store: str) -> Location:
+    """Where a run keeps its partitions: next to the store (the same folder or bucket)."""
+    return Location(store.rstrip("/") + PARTITIONS_SUFFIX)
 
 
 def run(
@@ -119,6 +137,9 @@ def run(
             refuse_if_locked(store)
         raise
     refuse_if_locked(store)
+    if not partitions_location(store).is_ours():
+        raise StoreError(f"{store}{PARTITIONS_SUFFIX} exists and was not made by polaragg; move it away or "
+                         "choose another store")
     if state == "polaragg" and not (resume or overwrite):
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "
                          "replace it or --resume to finish it")
@@ -161,6 +182,7 @@ def _run_locked(job: _Job) -> RunSummary:
     recipe, store, choice, plan, fingerprint, stream = (job.recipe, job.store, job.choice, job.plan,
                                                         job.fingerprint, job.stream)
 
+    location = partitions_location(store)
     with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
         if job.resume and job.state == "polaragg":
@@ -169,33 +191,29 @@ def _run_locked(job: _Job) -> RunSummary:
         else:
             if job.state == "polaragg":
                 remove_store(store)
+            location.remove()  # partitions of an earlier run into this path
             clear_records(store)  # records left beside a store that is gone
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
                           "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint},
                          chunk=plan.chunk_cells)
             write_inputs(store, job.inputs)
-        refs = _refs_by_id(job.catalog)
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
-            records = _fresh_records(store)
-            for round_ in range(REPAIR_ROUNDS + 1):
-                required, pending = _footprint_repairs(records.values(), plan)
-                current = plan.with_granules({i: tuple(refs[g] for g in sorted(ids) if g in refs)
-                                              for i, ids in required.items()})
-                order = [i for i in current.largest_first()
-                         if i in pending or (round_ == 0 and _key(current.tasks[i]) not in done)]
-                if not order:
-                    break
+            order = [i for i in plan.largest_first() if _key(plan.tasks[i]) not in done]
+            if order:
+                location.create()
+                records = _fresh_records(store)
                 target = RunTarget(store=store, executor=choice.name, fingerprint=fingerprint,
                                    attempts={k: r.attempt for k, r in records.items()})
-                _compute_with_retries(current, target, choice, order, recipe)
-                records = _fresh_records(store)
+                _compute_with_retries(plan, location, target, choice, order, recipe)
         records_list = read_records(store)
         wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store))
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
+        if all(r.status in ("ok", "empty") for r in records_list):
+            location.remove()  # kept otherwise: a resume reuses the granules already partitioned
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())})
     return summary
@@ -294,32 +312,8 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
     return done
 
 
-def _footprint_repairs(records, plan: Plan) -> tuple[dict[int, set[str]], set[int]]:
-    """Granules each task must read because rows of them were found in its cells (by footprint checks),
-    and the tasks whose records show they have not read them yet."""
-    by_key = {(r.parent, r.child_lo): r for r in records}
-    required: dict[int, set[str]] = defaultdict(set)
-    pending: set[int] = set()
-    for r in by_key.values():
-        for miss in r.footprint_misses:
-            try:
-                index = plan.task_index(miss["parent"], miss["child_lo"])
-            except KeyError:
-                continue
-            required[index].add(miss["granule"])
-            target = by_key.get((miss["parent"], miss["child_lo"]))
-            if target is None or miss["granule"] not in target.granule_ids:
-                pending.add(index)
-    return dict(required), pending
-
-
-def _refs_by_id(catalog: Catalog) -> dict[str, GranuleRef]:
-    g = catalog.granules
-    return {str(i): GranuleRef(str(i), str(u)) for i, u in zip(g.granule_id, g.url)}
-
-
-def _compute_with_retries(plan: Plan, target: RunTarget, choice: ExecutorChoice, order: list[int],
-                          recipe: Recipe) -> None:
+def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice,
+                          order: list[int], recipe: Recipe) -> None:
     """Run the tasks in `order`; tasks lost with a worker that died run again, like transient failures."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -327,7 +321,7 @@ def _compute_with_retries(plan: Plan, target: RunTarget, choice: ExecutorChoice,
     for attempt in range(1, attempts + 1):
         run_id = uuid.uuid4().hex
         try:
-            _compute(plan, dataclasses.replace(target, run_id=run_id), choice, order, recipe)
+            _compute(plan.with_columns(order), location, dataclasses.replace(target, run_id=run_id), choice, recipe)
             return
         except BrokenProcessPool as exc:
             fresh = _fresh_records(target.store)
@@ -339,16 +333,14 @@ def _compute_with_retries(plan: Plan, target: RunTarget, choice: ExecutorChoice,
             print(f"a worker died ({exc}); running the {len(order)} unfinished task(s) again", file=sys.stderr)
 
 
-def _compute(plan: Plan, target: RunTarget, choice: ExecutorChoice, order: list[int], recipe: Recipe) -> np.ndarray:
-    ordered = dataclasses.replace(plan, tasks=tuple(plan.tasks[i] for i in order))
-    # Tasks keep their own index (their place in the store); only the execution order changes.
+def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe) -> np.ndarray:
     if choice.engine == "cubed":
         spec = default_spec(allowed_mem=recipe.executor.memory_bytes)
-        arr = run_array(ordered, target, "cubed", spec)
+        arr = run_array(plan, location, target, "cubed", spec)
         return arr.compute(executor=cubed_executor(choice))
     from .executors import dask_compute
 
-    return dask_compute(run_array(ordered, target, "dask"), choice)
+    return dask_compute(run_array(plan, location, target, "dask"), choice)
 
 
 def _child_cells_with_data(store: str) -> int:

@@ -1,11 +1,14 @@
 """Resolve a recipe's inputs: the AOI geometry, its parent cells, and the granule catalog.
 
 Synthetic sources are generated once into a cache folder keyed by their parameters; directory and
-synthetic sources then go through the same path as CMR records (UMM-G -> catalog).
+synthetic sources then go through the same path as CMR records (UMM-G -> catalog). A catalog built
+from a local folder is cached (Parquet) under a key of the folder's files (name, size, modification
+time), the AOI's parent cells and the catalog format, so an unchanged folder is not catalogued twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +19,7 @@ import shapely
 
 from .catalog import Catalog, CatalogError, build_catalog, read_directory
 from .coverage import cells_covering, footprint_cells
+from .domain import POLARAGG_VERSION
 from .recipe import Aoi, CatalogSource, CmrSource, DirectorySource, Recipe, SyntheticSource
 
 
@@ -97,9 +101,9 @@ def load_catalog(recipe: Recipe) -> Catalog:
     if parents.size == 0:
         raise CatalogError(f"aoi: the area of interest covers no cell at grid.parent_order {order} (is it empty?)")
     if isinstance(source, SyntheticSource):
-        return build_catalog(read_directory(synthetic_folder(source)), parents, order)
+        return folder_catalog(synthetic_folder(source), parents, order)
     if isinstance(source, DirectorySource):
-        return build_catalog(read_directory(source.path), parents, order)
+        return folder_catalog(Path(source.path), parents, order)
     if isinstance(source, CmrSource):
         from .cmr import CmrQuery, CmrSettings, search_granules
 
@@ -111,3 +115,31 @@ def load_catalog(recipe: Recipe) -> Catalog:
         settings = CmrSettings(host=source.host, scheme=source.scheme, timeout=source.timeout, retries=source.retries)
         return build_catalog(search_granules(query, settings), parents, order, access=source.access)
     raise CatalogError(f"unsupported source {type(source).__name__}")
+
+
+CATALOG_CACHE_FORMAT = 1  # bump when catalog rows or their meaning change
+
+
+def folder_catalog(folder: Path, parents: np.ndarray, order: int) -> Catalog:
+    """The catalog of a local folder of granules, from the cache when the folder has not changed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CatalogError(f"granule folder not found: {folder}")
+    h = hashlib.sha256(f"{CATALOG_CACHE_FORMAT}:{POLARAGG_VERSION}:{folder.resolve()}:{order}:".encode())
+    h.update(np.ascontiguousarray(parents, dtype=np.uint64).tobytes())
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith((".umm.json", ".h5")):
+            st = path.stat()
+            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino};".encode())
+    cached = default_cache_dir() / "catalogs" / f"{h.hexdigest()[:24]}.parquet"
+    if cached.is_file():
+        try:
+            return Catalog.read(cached)
+        except CatalogError:
+            pass  # an unreadable cache entry is rebuilt
+    catalog = build_catalog(read_directory(folder), parents, order)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the rebuild next time
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        catalog.write(tmp)
+        os.replace(tmp, cached)
+    return catalog

@@ -4,6 +4,10 @@ Layout: one group; dimension `cells`; coordinate `cell_ids` (uint64 nested ids a
 xdggs attrs); one array per statistic, chunked one parent cell per chunk. Each task writes exactly
 its own chunk of every array (one writer per chunk, no read-modify-write), so tasks on any executor
 can write concurrently, locally or on S3.
+
+Every array is created with the same codecs (little-endian bytes, then zstd) and default chunk keys,
+so a task encodes its chunks itself and writes each as one object (`write_block`): a fifth of the
+CPU of fifteen `zarr` array writes, which made store writes a large share of a task's work.
 """
 
 from __future__ import annotations
@@ -12,24 +16,25 @@ import datetime as dt
 import hashlib
 import json
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Literal
 
+import numcodecs
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import BytesCodec, ZstdCodec
 
+from .domain import POLARAGG_VERSION
 from .grid import Grid
-from .fs import fsspec_options
+from .fs import fsspec_options, put_whole
 from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
 from .stats import STAT_INDEX, STATS, ZERO_WHEN_EMPTY
 
-try:
-    POLARAGG_VERSION = version("polaragg")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    POLARAGG_VERSION = "0+unknown"
 
+
+_COMPRESSOR = ZstdCodec(level=0)
+_ZSTD = numcodecs.Zstd(level=0)  # the same zstd frames as _COMPRESSOR writes
 
 # Root attributes every store written by polaragg carries; a folder without them is not ours.
 MARKER_ATTRS = ("polaragg_version", "recipe_fingerprint")
@@ -181,12 +186,14 @@ def create_store(
     )
     ids[:] = cell_ids
     for spec in STATS:
-        root.create_array(
+        arr = root.create_array(
             spec.name, shape=cell_ids.shape, chunks=(chunk,), dtype=spec.dtype,
             fill_value=0 if spec.name in ZERO_WHEN_EMPTY else np.nan,
-            dimension_names=["cells"],
+            dimension_names=["cells"], serializer=BytesCodec(endian="little"), compressors=_COMPRESSOR,
             attributes={"units": spec.units, "long_name": spec.long_name, "coordinates": "cell_ids"},
         )
+        if arr.metadata.encode_chunk_key((1,)) != "c/1":
+            raise StoreError(f"unexpected chunk key encoding of {spec.name}: write_block writes keys c/<i>")
 
 
 def block_columns(block: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,16 +212,21 @@ def checksum(columns: dict[str, np.ndarray]) -> str:
 def write_block(
     url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None
 ) -> str:
-    """Write a task's (cells x statistics) block at cells [start, start + len(block)); return its checksum.
+    """Write a task's (cells x statistics) block as chunk `start // len(block)` of every array; return
+    its checksum.
 
-    Every chunk is written, empty ones too, so the same files exist whichever executor ran the task.
+    The chunks are encoded as `create_store` declared them (little-endian bytes, zstd) and each is
+    written whole. Every chunk is written, empty ones too, so the same files exist whichever
+    executor ran the task.
     """
-    root = zarr.open_group(zarr_store(url, storage_options), mode="r+", zarr_format=3)
-    stop = start + block.shape[0]
+    n = block.shape[0]
+    if n == 0 or start % n:
+        raise ValueError(f"a block of {n} cells at {start} is not one whole chunk")
     columns = block_columns(block)
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        for name, column in columns.items():
-            root[name][start:stop] = column
+    base = url.rstrip("/")
+    for name, column in columns.items():
+        data = _ZSTD.encode(np.ascontiguousarray(column, dtype=column.dtype.newbyteorder("<")))
+        put_whole(f"{base}/{name}/c/{start // n}", [data], storage_options)
     return checksum(columns)
 
 

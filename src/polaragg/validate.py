@@ -51,13 +51,15 @@ class StoreStatus:
         ]
         invalid = sum(r.rows_invalid for r in self.records)
         filtered = sum(r.rows_filtered for r in self.records)
-        lines.append(f"rows dropped: {filtered:,} filtered, {invalid:,} without valid coordinates or time")
+        outside = sum(r.rows_outside for r in self.records)
+        lines.append(f"rows dropped: {filtered:,} filtered, {invalid:,} without valid coordinates or time, "
+                     f"{outside:,} outside the plan's cells")
         misses = [m for r in self.records for m in r.footprint_misses]
         if misses:
             lost = unrepaired_misses(list(self.records))
             granules = sorted({m["granule"] for m in misses})
             lines.append(f"footprints:   {len(granules)} granule(s) had rows outside their footprint in "
-                         f"{len(misses)} task(s); {len(misses) - len(lost)} repaired, {len(lost)} not")
+                         f"{len(misses)} task(s); {len(misses) - len(lost)} aggregated there, {len(lost)} not")
             lines += [f"  - {p}" for p in lost[:10]]
         failures = self.failures_by_reason()
         if failures:

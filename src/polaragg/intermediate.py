@@ -1,0 +1,134 @@
+"""The partitions between the granule stage and the cell stage, in a folder or prefix next to the store.
+
+The granule stage writes one object per granule, `<granule>.bin`: its observations sorted by task,
+each task's segment its columns one after another (t float64, h float32, sigma float32, local cell
+uint16 or uint32). Then it writes `<granule>.json`, the granule's record: counts, failure, seconds,
+peak memory and the (task, first row, rows) of each segment. The cell stage reads one byte range per
+(granule, task). A record names the partition key it was made for; a record with another key (other
+recipe, inputs or layout) is ignored, so a rerun never uses stale rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .fs import fsspec_options, put_whole
+
+MARKER = "_polaragg_intermediate.json"  # written first: marks the folder as polaragg's to delete
+
+
+def row_dtype(chunk_cells: int) -> np.dtype:
+    """Dtype of the local cell index: uint16 when a task's cells fit, else uint32."""
+    return np.dtype("<u2") if chunk_cells <= 2**16 else np.dtype("<u4")
+
+
+def row_bytes(chunk_cells: int) -> int:
+    return 8 + 4 + 4 + row_dtype(chunk_cells).itemsize
+
+
+@dataclass(frozen=True)
+class GranuleRecord:
+    """What the granule stage learnt about one granule."""
+
+    granule: str
+    key: str  # the partition key it was made for
+    status: str  # "ok" | "failed"
+    rows: int = 0  # rows read
+    rows_invalid: int = 0  # without valid coordinates or time
+    rows_filtered: int = 0  # valid, dropped by the filters (quality, fill values, sigma <= 0)
+    rows_outside: int = 0  # kept, outside every task of the plan
+    segments: list[list[int]] = field(default_factory=list)  # [task, first row, rows]
+    reason: str = ""
+    transient: bool = False
+    attempts: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the thread that partitioned it
+    peak_memory_bytes: int = 0
+    projected_memory_bytes: int = 0
+
+    @property
+    def observations(self) -> int:
+        return sum(s[2] for s in self.segments)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where one plan's partitions live (a local folder or an fsspec URL) and how to reach it."""
+
+    url: str
+    storage_options: dict | None = field(default=None, repr=False)
+
+    def _fs(self):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(self.url, **fsspec_options(self.url, self.storage_options))
+        return fs, root.rstrip("/")
+
+    def create(self) -> None:
+        """Make the folder and its marker (idempotent)."""
+        fs, root = self._fs()
+        fs.makedirs(root, exist_ok=True)
+        if not fs.exists(f"{root}/{MARKER}"):
+            fs.pipe_file(f"{root}/{MARKER}", json.dumps({"polaragg": "intermediate"}).encode())
+
+    def is_ours(self) -> bool:
+        """Absent, or a folder polaragg marked as its own."""
+        fs, root = self._fs()
+        return not fs.exists(root) or fs.exists(f"{root}/{MARKER}")
+
+    def remove(self) -> None:
+        """Delete the folder, only if polaragg made it."""
+        fs, root = self._fs()
+        if fs.exists(root) and fs.exists(f"{root}/{MARKER}"):
+            fs.rm(root, recursive=True)
+
+    def write_rows(self, granule: str, segments: list[list[int]], rows: dict[str, np.ndarray]) -> None:
+        """A granule's rows grouped by task, as `segments` ([task, first row, rows]) lay them out."""
+        put_whole(f"{self.url.rstrip('/')}/{_safe(granule)}.bin", _encode(segments, rows), self.storage_options)
+
+    def write_record(self, record: GranuleRecord) -> None:
+        """A granule's record, written after its rows: a record means its rows are complete."""
+        put_whole(f"{self.url.rstrip('/')}/{_safe(record.granule)}.json", [json.dumps(asdict(record)).encode()],
+                  self.storage_options)
+
+    def record(self, granule: str, key: str) -> GranuleRecord | None:
+        """The granule's record if one was made for `key`, else None."""
+        fs, root = self._fs()
+        try:
+            data = json.loads(fs.cat_file(f"{root}/{_safe(granule)}.json"))
+        except (FileNotFoundError, ValueError):
+            return None
+        if data.get("key") != key:
+            return None
+        return GranuleRecord(**data)
+
+    def read_segment(self, granule: str, first: int, rows: int, chunk_cells: int) -> dict[str, np.ndarray]:
+        """One (granule, task) segment: columns t, h, sigma, cell."""
+        fs, root = self._fs()
+        size = row_bytes(chunk_cells)
+        raw = fs.cat_file(f"{root}/{_safe(granule)}.bin", start=first * size, end=(first + rows) * size)
+        if len(raw) != rows * size:
+            raise OSError(f"partition of {granule} is truncated ({len(raw)} of {rows * size} bytes)")
+        out, pos = {}, 0
+        for name, dtype in (("t", np.dtype("<f8")), ("h", np.dtype("<f4")), ("sigma", np.dtype("<f4")),
+                            ("cell", row_dtype(chunk_cells))):
+            out[name] = np.frombuffer(raw, dtype, count=rows, offset=pos)
+            pos += rows * dtype.itemsize
+        return out
+
+
+def _encode(segments: list[list[int]], rows: dict[str, np.ndarray]) -> list[memoryview]:
+    """Each segment's columns one after another, segments in row order (views, not copies)."""
+    parts = []
+    for _, first, n in segments:
+        for name in ("t", "h", "sigma", "cell"):
+            parts.append(memoryview(np.ascontiguousarray(rows[name][first:first + n])).cast("B"))
+    return parts
+
+
+def _safe(granule: str) -> str:
+    """A granule id as an object name (ids are CMR concept ids or file names)."""
+    return granule.replace("/", "_")
