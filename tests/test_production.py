@@ -86,6 +86,42 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_store(demo_recipe, 
     assert main(["validate", store]) == 0
 
 
+def test_sigkill_in_the_granule_stage_then_resume_reads_only_the_granules_not_yet_partitioned(
+        demo_recipe, demo_store, tmp_path):
+    store_ref, _ = demo_store
+    recipe_path = _recipe_file(tmp_path, demo_recipe)
+    store = str(tmp_path / "killed.zarr")
+    partitions = Path(store + ".partitions")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polaragg.cli", "run", recipe_path, "--store", store, "--executor", "single-threaded"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline:
+            if partitions.is_dir() and len(list(partitions.glob("[!_]*.json"))) >= 5:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.005)
+        else:
+            pytest.fail("no granule was partitioned within 180 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    plan = polaragg.runner.plan_recipe(demo_recipe)
+    done = {json.loads(p.read_text())["granule"] for p in partitions.glob("[!_]*.json")}
+    assert 5 <= len(done) < len(plan.granules), "killed within the granule stage"
+    assert not os.path.isdir(store + LEDGER_SUFFIX) or _record_names(store + LEDGER_SUFFIX) == []
+
+    read.OPENS.clear()
+    assert main(["run", recipe_path, "--store", store, "--resume", "--executor", "threads"]) == 0
+    assert set(read.OPENS) == {g.url for g in plan.granules if g.granule_id not in done}
+    assert set(read.OPENS.values()) == {1}
+    _assert_same_data(xr.open_zarr(store).load(), xr.open_zarr(store_ref).load())
+    assert not partitions.exists()  # removed once every task succeeded
+    assert main(["validate", store]) == 0
+
+
 def test_resume_refuses_a_store_of_another_recipe(demo_recipe, demo_store, tmp_path, capsys):
     other = _recipe_file(tmp_path, demo_recipe, filters={"quality_max": 1})
     assert main(["run", other, "--store", demo_store[0], "--resume"]) == 2
