@@ -335,7 +335,8 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
 
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe) -> np.ndarray:
     if choice.engine == "cubed":
-        spec = default_spec(allowed_mem=recipe.executor.memory_bytes)
+        spec = default_spec(allowed_mem=recipe.executor.memory_bytes,
+                            in_process=choice.name in ("single-threaded", "threads"))
         arr = run_array(plan, location, target, "cubed", spec)
         return arr.compute(executor=cubed_executor(choice))
     from .executors import dask_compute
