@@ -21,11 +21,13 @@ def _load_bench():
 
 
 def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
+    from polaragg.runner import plan_recipe
+
     bench = _load_bench()
     out = tmp_path / "results"
     code = bench.main(["--quick", "--executors", "single-threaded,processes", "--no-scaling", "--repeats", "1",
-                       "--floor-repeats", "1", "--max-wait", "0", "--cache", str(demo_recipe.source.cache_dir),
-                       "--out", str(out)])
+                       "--cpu-repeats", "1", "--floor-repeats", "1", "--max-wait", "0",
+                       "--cache", str(demo_recipe.source.cache_dir), "--out", str(out)])
     assert code == 0
     rows = list(csv.DictReader((out / "latest.csv").open()))
     assert [r["executor"] for r in rows] == ["single-threaded", "processes", "read-floor (h5py)"]
@@ -33,9 +35,22 @@ def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
     assert not any(r["error"] for r in runs)
     # Both executors aggregate the same observations; the ratio columns are the figures they claim to divide.
     assert int(runs[0]["observations"]) == int(runs[1]["observations"]) > 100_000
+    granules = len(plan_recipe(bench.quick_recipe(demo_recipe)).granules)
     for r in runs:
         assert float(r["wall_over_floor"]) == pytest.approx(float(r["wall_s"]) / float(floor["wall_s"]), rel=0.02)
+        assert float(r["tasks_cpu_over_floor_cpu"]) == pytest.approx(
+            float(r["tasks_cpu_s"]) / float(floor["tasks_cpu_s"]), rel=0.02)
         assert float(r["cycle_lambda_usd"]) > 0 and float(r["cycle_coiled_usd"]) > 0
+        # Task-seconds and task CPU are both stages; each granule's granule-stage task is reported once.
+        assert float(r["task_s"]) == pytest.approx(float(r["cell_task_s"]) + float(r["granule_task_s"]), abs=0.002)
+        assert float(r["tasks_cpu_s"]) == pytest.approx(float(r["cell_cpu_s"]) + float(r["granule_cpu_s"]),
+                                                       abs=0.002)
+        assert float(r["granule_task_s"]) > 0 and float(r["granule_cpu_s"]) > 0 and float(r["cell_cpu_s"]) > 0
+        assert int(r["granule_tasks"]) == granules
+        assert float(r["peak_granule_task_mib"]) > 0
+        assert int(r["over_projection"]) == int(r["granule_over_projection"]) == 0
+    # Single-threaded runs in this process: its process CPU holds the tasks' CPU and more.
+    assert float(runs[0]["process_cpu_s"]) > float(runs[0]["tasks_cpu_s"])
     # Cores: one for single-threaded; the processes pool's size is the recipe's max_workers, else one worker
     # per CPU of this machine (whatever it has).
     pool = demo_recipe.executor.max_workers or os.cpu_count()
@@ -43,8 +58,17 @@ def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
     for r in runs:
         per_core = int(r["observations"]) / (float(r["wall_s"]) * int(r["cores"]))
         assert float(r["obs_per_s_per_core"]) == pytest.approx(per_core, rel=0.01, abs=1.0)
+    # The acceptance figures divide the single-threaded run's CPU by the floor's CPU.
+    acc = {a["key"]: a for a in csv.DictReader((out / "acceptance.csv").open())}
+    assert set(acc) == {"tasks_cpu_over_floor", "run_cpu_over_floor"}
+    assert float(acc["tasks_cpu_over_floor"]["value"]) == pytest.approx(
+        float(runs[0]["tasks_cpu_s"]) / float(floor["tasks_cpu_s"]), rel=0.02)
+    assert float(acc["run_cpu_over_floor"]["value"]) == pytest.approx(
+        float(runs[0]["process_cpu_s"]) / float(floor["process_cpu_s"]), rel=0.02)
+    for a in acc.values():
+        assert a["met"] == str(float(a["value"]) <= {"tasks_cpu_over_floor": 1.5, "run_cpu_over_floor": 2.0}[a["key"]])
     md = (out / "latest.md").read_text()
-    assert "Pipeline / read floor:" in md
+    assert "Pipeline / read floor:" in md and "## Acceptance figures" in md
     table = [line for line in md.splitlines() if line.startswith("| ")]
     for r in runs:  # each executor's row shows the cores its CSV row reports
         row = [line for line in table if line.startswith(f"| {r['executor']} |")]

@@ -142,6 +142,37 @@ def test_rows_outside_a_lying_footprint_are_found_and_aggregated(lie, sub, tmp_p
     assert miss["granule"] in capsys.readouterr().out
 
 
+def test_resume_after_a_failed_granule_reaches_the_tasks_its_footprint_missed(sub, tmp_path):
+    """A granule with a cut-short footprint fails on the first run; tasks its footprint does not list
+    finish ok without its rows. Once it reads again, --resume must give those tasks its rows too."""
+    folder, parents, ref, crossing, base = sub
+    name = max(crossing, key=lambda n: len(crossing[n]))
+    work = _copy_folder(folder, tmp_path / "granules", list(crossing))
+    record = json.loads((work / f"{name}.umm.json").read_text())
+    with h5py.File(folder / f"{name}.h5", "r") as f:
+        lat = f["gt2l/land_ice_segments/latitude"][:]
+        lon = f["gt2l/land_ice_segments/longitude"][:]
+    cell = np.asarray(hpn.lonlat_to_healpix(lon, lat, 6, ellipsoid="WGS84"))
+    k = int(np.flatnonzero(np.isin(cell, list(parents)))[0])
+    _set_ring(record, _cut_short(_ring(record), float(lon[k]), float(lat[k])))
+    (work / f"{name}.umm.json").write_text(json.dumps(record))
+    (work / f"{name}.h5").unlink()
+    (work / f"{name}.h5").write_bytes(b"not an HDF5 file")  # unreadable on the first run
+
+    recipe = _recipe(tmp_path, work, base)
+    store = str(tmp_path / "out.zarr")
+    assert main(["run", recipe, "--store", store, "--executor", "single-threaded"]) == 3  # finished, with failures
+    first = read_records(store)
+    assert {r.status for r in first} >= {"partial", "ok"}
+    assert sum(r.observations for r in first) < int(ref["count"].sum())
+
+    shutil.copyfile(folder / f"{name}.h5", work / f"{name}.h5")  # readable again, at the same path
+    assert main(["run", recipe, "--store", store, "--resume", "--executor", "single-threaded"]) == 0
+    _assert_same(store, ref)
+    assert main(["validate", store]) == 0
+    assert not Path(store + ".partitions").exists()
+
+
 def test_a_granule_listed_twice_or_in_two_revisions_is_counted_once(sub, tmp_path):
     folder, parents, ref, crossing, base = sub
     work = _copy_folder(folder, tmp_path / "granules", list(crossing))

@@ -21,7 +21,7 @@ import numpy as np
 from .domain import Filters, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
-from .intermediate import GranuleRecord, Location, row_dtype
+from .intermediate import MAX_SEGMENT_ROWS, GranuleRecord, Location, row_dtype, source_stamp
 from .memory import peak_bytes, reset_peak
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
@@ -108,7 +108,8 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
     Transient read failures are retried under the job's policy; `EndpointUnreachable` propagates
     (nothing was learnt about the granule, and the run must stop).
     """
-    done = job.location.record(ref.granule_id, job.key)
+    source = source_stamp(ref.url)
+    done = job.location.record(ref.granule_id, job.key, source)
     if done is not None and done.status == "ok":
         return done
     reset_peak()
@@ -123,12 +124,13 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
         raise
     except GranuleError as exc:
         failure = GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt)
-        return _failed(ref, job, failure, (start, cpu), projected_bytes)
+        return _failed(ref, job, failure, (start, cpu), projected_bytes, source)
     except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
         failure = GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt)
-        return _failed(ref, job, failure, (start, cpu), projected_bytes)
+        return _failed(ref, job, failure, (start, cpu), projected_bytes, source)
     job.location.write_rows(ref.granule_id, segments, rows)
-    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="ok", segments=segments, attempts=attempt,
+    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="ok", source=source, segments=segments,
+                           attempts=attempt,
                            seconds=time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu,
                            peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes, **counts)
     job.location.write_record(record)
@@ -136,8 +138,8 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
 
 
 def _failed(ref: GranuleRef, job: PartitionJob, failure: GranuleFailure, started: tuple[float, float],
-            projected_bytes: int) -> GranuleRecord:
-    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="failed", reason=failure.reason,
+            projected_bytes: int, source: str) -> GranuleRecord:
+    record = GranuleRecord(granule=ref.granule_id, key=job.key, status="failed", source=source, reason=failure.reason,
                            transient=failure.transient, attempts=failure.attempts,
                            seconds=time.perf_counter() - started[0], cpu_seconds=time.thread_time() - started[1],
                            peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes)
@@ -175,6 +177,10 @@ def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.n
         for beam in granule.beams():
             d = granule.read(beam, COLUMNS)
             lat, lon, h, sigma, t = d["latitude"], d["longitude"], d["h_li"], d["h_li_sigma"], d["delta_time"]
+            for name in ("h_li", "h_li_sigma"):  # partitions hold them as stored: float32
+                if d[name].dtype != np.float32:
+                    raise GranuleError(ref.url, f"/{beam}/{atl06.SEGMENTS_GROUP}/{name} is {d[name].dtype}, "
+                                                "ATL06 stores it as float32")
             # |x| < limit is False for NaN and inf, so each test also checks finiteness.
             valid = (np.abs(lat) <= 90.0) & (np.abs(lon) <= 360.0) & (np.abs(t) < atl06.FILL_THRESHOLD)
             keep = valid & (np.abs(h) < atl06.FILL_THRESHOLD) & (sigma > 0) & (sigma < atl06.FILL_THRESHOLD)
@@ -205,8 +211,11 @@ def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.n
     length = np.fromiter((r[3] - r[2] for r in runs), np.int64, len(runs))
     start = np.concatenate(([0], np.cumsum(length)[:-1]))
     new = np.concatenate(([True], task[1:] != task[:-1]))  # first run of each task
-    segments = np.stack([task[new], start[new], np.add.reduceat(length, np.flatnonzero(new))], axis=1).tolist()
-    return counts, rows, segments
+    seg = np.stack([task[new], start[new], np.add.reduceat(length, np.flatnonzero(new))], axis=1)
+    if seg[:, 2].max() > MAX_SEGMENT_ROWS or int(seg[-1, 1]) >= 2**39:
+        raise GranuleError(ref.url, f"a task would get {int(seg[:, 2].max()):,} rows of this granule, more than the "
+                                    f"{MAX_SEGMENT_ROWS:,} a partition index entry holds; use a finer grid.parent_order")
+    return counts, rows, seg.tolist()
 
 
 # --------------------------------------------------------------------------------------------------

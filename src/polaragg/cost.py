@@ -256,8 +256,8 @@ def _price(
     attempts = [max(1, int(r.attempt)) for r in records]
     seconds = [float(r.seconds) for r in records]
     for r in records:
-        for g in r.granule_reports:
-            attempts.append(max(1, int(g.get("attempts", 1))))
+        for g in r.granule_reports:  # its read retries happen inside one invocation, in its seconds
+            attempts.append(1)
             seconds.append(float(g.get("seconds", 0.0)))
     task_seconds = math.fsum(seconds)
     attempt_seconds = math.fsum(k * s for k, s in zip(attempts, seconds))

@@ -4,13 +4,15 @@ The granule stage writes one object per granule, `<granule>.bin`: its observatio
 each task's segment its columns one after another (t float64, h float32, sigma float32, local cell
 uint16 or uint32). Then it writes `<granule>.json`, the granule's record: counts, failure, seconds,
 peak memory and the (task, first row, rows) of each segment. The cell stage reads one byte range per
-(granule, task). A record names the partition key it was made for; a record with another key (other
-recipe, inputs or layout) is ignored, so a rerun never uses stale rows.
+(granule, task). A record names the partition key it was made for (format, layout, grid, filters) and the file it
+was read from (URL, and size and modification time for local files); a record that differs in
+either is ignored, so a rerun never uses rows of another layout or of a changed file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,6 +20,20 @@ import numpy as np
 from .fs import fsspec_options, put_whole
 
 MARKER = "_polaragg_intermediate.json"  # written first: marks the folder as polaragg's to delete
+SUFFIX = ".partitions"  # a run's partitions: next to its store (the same folder or bucket)
+PARTITION_FORMAT = 1  # bump when the rows or records change meaning
+MAX_SEGMENT_ROWS = 2**24 - 1  # index entries hold a segment's rows in 24 bits and its first row in 39
+
+
+def source_stamp(url: str) -> str:
+    """What identifies the file a partition was read from: its URL, plus size and mtime when local."""
+    if "://" in url and not url.startswith("file://"):
+        return url
+    try:
+        st = os.stat(url.removeprefix("file://"))
+    except OSError:
+        return url
+    return f"{url}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def row_dtype(chunk_cells: int) -> np.dtype:
@@ -36,6 +52,7 @@ class GranuleRecord:
     granule: str
     key: str  # the partition key it was made for
     status: str  # "ok" | "failed"
+    source: str = ""  # source_stamp of the file it was read from
     rows: int = 0  # rows read
     rows_invalid: int = 0  # without valid coordinates or time
     rows_filtered: int = 0  # valid, dropped by the filters (quality, fill values, sigma <= 0)
@@ -61,7 +78,7 @@ class Location:
     url: str
     storage_options: dict | None = field(default=None, repr=False)
 
-    def _fs(self):
+    def _fs(self) -> tuple[object, str]:
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(self.url, **fsspec_options(self.url, self.storage_options))
@@ -94,16 +111,20 @@ class Location:
         put_whole(f"{self.url.rstrip('/')}/{_safe(record.granule)}.json", [json.dumps(asdict(record)).encode()],
                   self.storage_options)
 
-    def record(self, granule: str, key: str) -> GranuleRecord | None:
-        """The granule's record if one was made for `key`, else None."""
+    def record(self, granule: str, key: str, source: str | None = None) -> GranuleRecord | None:
+        """The granule's record if one was made for `key` (and from `source`, when given), else None.
+
+        A record that cannot be read (torn by a crash, or of another format) counts as absent.
+        """
         fs, root = self._fs()
         try:
             data = json.loads(fs.cat_file(f"{root}/{_safe(granule)}.json"))
-        except (FileNotFoundError, ValueError):
+            record = GranuleRecord(**data)
+        except (FileNotFoundError, ValueError, TypeError):
             return None
-        if data.get("key") != key:
+        if record.key != key or (source is not None and record.source != source):
             return None
-        return GranuleRecord(**data)
+        return record
 
     def read_segment(self, granule: str, first: int, rows: int, chunk_cells: int) -> dict[str, np.ndarray]:
         """One (granule, task) segment: columns t, h, sigma, cell."""

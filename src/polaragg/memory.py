@@ -88,9 +88,11 @@ class MemoryModel:
         others = max(rows, busiest if busiest is not None else rows) * max(0, self.concurrent_tasks - 1)
         return int(self.baseline_bytes + self.bytes_per_row * (rows + others))
 
-    def partition(self, rows: float) -> int:
-        """Projected peak of the granule stage for a granule of `rows` rows (one task per process)."""
-        return int(self.baseline_bytes + PARTITION_BYTES_PER_ROW * rows)
+    def partition(self, rows: float, busiest: float | None = None) -> int:
+        """Projected peak of the granule stage for a granule of `rows` rows; where tasks share a process,
+        it also holds `concurrent_tasks - 1` others of at most `busiest` rows."""
+        others = max(rows, busiest if busiest is not None else rows) * max(0, self.concurrent_tasks - 1)
+        return int(self.baseline_bytes + PARTITION_BYTES_PER_ROW * (rows + others))
 
     def rows_within(self, budget: int) -> float:
         """Most rows every task may hold (the busiest one included) within `budget` bytes."""

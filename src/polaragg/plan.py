@@ -29,7 +29,7 @@ from .aggregate import PartitionJob, TaskLayout, TaskResult, index_row, partitio
 from .catalog import Catalog
 from .domain import Filters, GranuleRef, RetryPolicy
 from .grid import Grid
-from .intermediate import GranuleRecord, Location
+from .intermediate import PARTITION_FORMAT, GranuleRecord, Location
 from .ledger import TaskRecord, write_record
 from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak
 from .read import ReaderName
@@ -99,8 +99,9 @@ class Plan:
 
     @cached_property
     def partition_key(self) -> str:
-        """What a granule's partition depends on: layout, grid, filters and the granule itself."""
-        h = hashlib.sha256()
+        """What every granule's partition depends on: format, layout, grid and filters (each record also
+        names the file it was read from, see `intermediate.source_stamp`)."""
+        h = hashlib.sha256(f"{PARTITION_FORMAT}:".encode())
         h.update(np.ascontiguousarray(self.parents, dtype=np.uint64).tobytes())
         h.update(f"{self.split}:{self.grid.parent_order}:{self.grid.child_order}:{self.filters}".encode())
         return h.hexdigest()[:16]
@@ -216,7 +217,8 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel) -> 
         for ref in t.granules:
             seen.setdefault(ref.granule_id, ref)
     order = sorted(seen.values(), key=lambda r: -rows.get(r.granule_id, 0.0))
-    return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0)) for r in order)
+    busiest = max((rows.get(r.granule_id, 0.0) for r in order), default=0.0)
+    return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0), busiest) for r in order)
 
 
 def _assign_reports(tasks: list[Task]) -> list[Task]:
@@ -354,7 +356,8 @@ class _ReduceAndStore:
                        for t, _, n in rec.segments if t not in known]
         failed = set(result.failed)
         read = [g.granule_id for g in task.granules if g.granule_id not in failed]
-        read += [g for g in result.granules_with_rows if g not in set(read)]
+        listed_ok = set(read)
+        read += [g for g in result.granules_with_rows if g not in listed_ok]
         if failures:
             status = "failed" if not read else "partial"
         else:
@@ -375,12 +378,20 @@ class _ReduceAndStore:
         )
 
 
+def _token(plan: Plan, location: Location, *more: object) -> str:
+    """A name for Dask keys that differs between plans, partition folders and runs."""
+    h = hashlib.sha256(f"{plan.partition_key}:{location.url}:{plan.task_columns}:{more}".encode())
+    for g in plan.granules:
+        h.update(f"{g.granule_id}\0{g.url}\0".encode())
+    return h.hexdigest()[:16]
+
+
 def _index(plan: Plan, location: Location, chunk_manager: str, spec):
     """The granule stage: (granules x tasks) index entries, one block per granule."""
     chunks = ((1,) * max(len(plan.granules), 1), (len(plan.task_columns),))
     extra = {"extra_projected_mem": plan.max_granule_projected_bytes} if chunk_manager == "cubed" else {}
-    return _virtual(_Partition(plan, location), chunks, chunk_manager, spec, np.int64, name="polaragg-partition",
-                    **extra)
+    return _virtual(_Partition(plan, location), chunks, chunk_manager, spec, np.int64,
+                    name=f"polaragg-partition-{_token(plan, location)}", **extra)
 
 
 def _by_task(index, chunk_manager: str):
@@ -409,14 +420,15 @@ def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str
 def stats_array(plan: Plan, location: Location, chunk_manager: str = "cubed", spec=None):
     """Lazy (cells x statistics) float64 array, one chunk per task (one parent cell unless split)."""
     chunks = ((plan.chunk_cells,) * len(plan.task_columns), (len(STATS),))
-    return _cell_stage(_Reduce(plan, location), plan, location, chunks, chunk_manager, spec, "polaragg-stats")
+    return _cell_stage(_Reduce(plan, location), plan, location, chunks, chunk_manager, spec,
+                       f"polaragg-stats-{_token(plan, location)}")
 
 
 def run_array(plan: Plan, location: Location, target: RunTarget, chunk_manager: str = "cubed", spec=None):
     """Lazy (tasks x summary) array whose computation runs every task and fills the store."""
     chunks = ((1,) * len(plan.task_columns), (len(SUMMARY_FIELDS),))
     return _cell_stage(_ReduceAndStore(plan, location, target), plan, location, chunks, chunk_manager, spec,
-                       "polaragg-run")
+                       f"polaragg-run-{_token(plan, location, target.store, target.run_id)}")
 
 
 def _virtual(func, chunks, chunk_manager: str, spec, dtype, name: str, **kwargs):

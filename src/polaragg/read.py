@@ -268,11 +268,13 @@ class H5pyGranule(_GranuleBase):
                 self._fileobj = fsspec.open(url, "rb", **fsspec_options(url, storage_options)).open()
                 self._file = h5py.File(self._fileobj, "r")
             else:
-                self._file = h5py.File(url.removeprefix("file://"), "r")
                 self._fd = os.open(url.removeprefix("file://"), os.O_RDONLY)
+                self._file = h5py.File(url.removeprefix("file://"), "r")
         except BaseException as exc:
             if self._fileobj is not None:
                 self._fileobj.close()
+            if self._fd is not None:
+                os.close(self._fd)
             if isinstance(exc, FileNotFoundError):
                 raise GranuleError(url, "file not found") from exc
             if isinstance(exc, PermissionError):  # s3fs: AccessDenied and friends

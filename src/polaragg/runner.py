@@ -29,15 +29,17 @@ from .catalog import Catalog
 from .cost import run_cost
 from .domain import ExecutorChoice
 from .executors import cubed_executor, preflight
+from .intermediate import SUFFIX as PARTITIONS_SUFFIX
 from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
 from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
 from .recipe import Recipe, load_recipe
 from .sources import load_catalog
-from .store import StoreError, create_store, finalize_store, inspect_target, recipe_attrs, remove_store
+from .store import StoreError, create_store, finalize_store, inspect_target, is_remote, recipe_attrs, remove_store
+from .validate import misses_not_aggregated
 
-PARTITIONS_SUFFIX = ".partitions"  # the intermediate between the two stages, next to the store
+MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record says they hold
 
 
 class PolaraggWarning(UserWarning):
@@ -80,7 +82,9 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
     into partitions under `work_dir` (default: a temporary folder removed when the interpreter exits;
     later computes reuse them), then each selected chunk is reduced from its partitions (on Dask only
-    the selected chunks; Cubed reduces every chunk once).
+    the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
+    or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~18 bytes per
+    observation.
     """
     recipe = _as_recipe(recipe)
     plan = plan_recipe(recipe)
@@ -100,6 +104,7 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
 def partitions_location(store: str) -> Location:
     """Where a run keeps its partitions: next to the store (the same folder or bucket)."""
     return Location(store.rstrip("/") + PARTITIONS_SUFFIX)
+
 
 
 def run(
@@ -137,6 +142,8 @@ def run(
             refuse_if_locked(store)
         raise
     refuse_if_locked(store)
+    if not is_remote(store):  # one spelling of the path for the store, its ledger and its partitions
+        store = os.path.normpath(os.path.abspath(os.path.expanduser(store.removeprefix("file://"))))
     if not partitions_location(store).is_ours():
         raise StoreError(f"{store}{PARTITIONS_SUFFIX} exists and was not made by polaragg; move it away or "
                          "choose another store")
@@ -176,7 +183,8 @@ class _Job:
 
 
 def _run_locked(job: _Job) -> RunSummary:
-    """Under the store's lock: make or check the store, run every task (and footprint repairs), summarise."""
+    """Under the store's lock: make or check the store, run the plan's remaining tasks (then any task that
+    lacks rows a granule's record places in it), summarise, remove the partitions once all is well."""
     from .lock import acquire
 
     recipe, store, choice, plan, fingerprint, stream = (job.recipe, job.store, job.choice, job.plan,
@@ -201,22 +209,36 @@ def _run_locked(job: _Job) -> RunSummary:
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
             order = [i for i in plan.largest_first() if _key(plan.tasks[i]) not in done]
-            if order:
+            for _ in range(MISS_ROUNDS + 1):
+                if not order:
+                    break
                 location.create()
                 records = _fresh_records(store)
                 target = RunTarget(store=store, executor=choice.name, fingerprint=fingerprint,
                                    attempts={k: r.attempt for k, r in records.items()})
                 _compute_with_retries(plan, location, target, choice, order, recipe)
+                # A task skipped on resume lacks the rows of a granule partitioned only now (one that
+                # failed before): the granule's reporter names it; run it again from the partitions.
+                order = _tasks_missing_rows(_fresh_records(store).values(), plan)
         records_list = read_records(store)
         wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store))
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
-        if all(r.status in ("ok", "empty") for r in records_list):
-            location.remove()  # kept otherwise: a resume reuses the granules already partitioned
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())})
+        if all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan):
+            location.remove()  # kept otherwise: a resume reuses the granules already partitioned
     return summary
+
+
+def _tasks_missing_rows(records, plan: Plan) -> list[int]:
+    """Tasks whose record does not show the granule of a footprint miss another record found in them."""
+    missing = set()
+    for m in misses_not_aggregated(records):
+        with contextlib.suppress(KeyError):  # a task of another plan
+            missing.add(plan.task_index(m["parent"], m["child_lo"]))
+    return sorted(missing)
 
 
 def _key(task) -> tuple[int, int]:

@@ -6,8 +6,8 @@ its own chunk of every array (one writer per chunk, no read-modify-write), so ta
 can write concurrently, locally or on S3.
 
 Every array is created with the same codecs (little-endian bytes, then zstd) and default chunk keys,
-so a task encodes its chunks itself and writes each as one object (`write_block`): a fifth of the
-CPU of fifteen `zarr` array writes, which made store writes a large share of a task's work.
+so a task encodes its chunks itself and writes each as one object (`write_block`), without the
+per-call cost of fifteen `zarr` array writes.
 """
 
 from __future__ import annotations

@@ -71,18 +71,18 @@ class StoreStatus:
         return "\n".join(lines)
 
 
-def unrepaired_misses(records: list[TaskRecord]) -> list[str]:
-    """Rows found in tasks whose granule lists lacked their granule (footprint misses) and that those
-    tasks have not read since: data the store is missing."""
+def misses_not_aggregated(records) -> list[dict]:
+    """Footprint misses ({granule, parent, child_lo, rows}) whose task's record does not show it read the
+    granule: rows the store is missing."""
     by_key = {(r.parent, r.child_lo): r for r in records}
-    problems = []
-    for r in records:
-        for m in r.footprint_misses:
-            target = by_key.get((m["parent"], m["child_lo"]))
-            if target is None or m["granule"] not in target.granule_ids:
-                problems.append(f"granule {m['granule']}: {m['rows']:,} rows in parent {m['parent']} children from "
-                                f"{m['child_lo']} that its footprint misses were not aggregated")
-    return problems
+    return [m for r in by_key.values() for m in r.footprint_misses
+            if m["granule"] not in getattr(by_key.get((m["parent"], m["child_lo"])), "granule_ids", ())]
+
+
+def unrepaired_misses(records: list[TaskRecord]) -> list[str]:
+    """`misses_not_aggregated`, one line each."""
+    return [f"granule {m['granule']}: {m['rows']:,} rows in parent {m['parent']} children from "
+            f"{m['child_lo']} that its footprint misses were not aggregated" for m in misses_not_aggregated(records)]
 
 
 def store_status(store: str, storage_options: dict | None = None) -> StoreStatus:
