@@ -97,16 +97,20 @@ def calibrate(records: Sequence[TaskRecord], *, intercept: bool = True, robust: 
               name: str = "ledger", source: str = "", machine: str = "") -> Calibration:
     """Fit seconds = a * rows_in_cell + b * granules (+ c per task) by non-negative least squares.
 
-    Failed tasks are left out. With `robust`, one pass drops tasks whose residual exceeds 3 robust standard
+    A record's seconds include the granule stage of the granules it reports, and its granules are those
+    it reports (each granule is read once); records without granule reports count the granules they
+    read. Failed tasks are left out. With `robust`, one pass drops tasks whose residual exceeds 3 robust standard
     deviations (1.4826 MAD, at least 1 ms) and refits: the first task of a process pays imports and cold
     caches.
     """
     usable = [r for r in records if r.status != "failed"]
     if not usable:
         raise ValueError("no usable task records to calibrate on (all failed, or none)")
-    cols = [[float(r.rows_in_cell), float(r.granules)] + ([1.0] if intercept else []) for r in usable]
+    one_pass = any(r.granule_reports for r in usable)
+    cols = [[float(r.rows_in_cell), float(len(r.granule_reports) if one_pass else r.granules)]
+            + ([1.0] if intercept else []) for r in usable]
     a = np.asarray(cols, dtype=np.float64)
-    y = np.asarray([r.seconds for r in usable], dtype=np.float64)
+    y = np.asarray([r.seconds + r.granule_seconds for r in usable], dtype=np.float64)
     scale = np.where(a.max(axis=0) > 0, a.max(axis=0), 1.0)  # column scaling for conditioning
 
     def fit(mask: np.ndarray) -> np.ndarray:

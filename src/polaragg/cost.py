@@ -373,7 +373,8 @@ def _task_sizes(plan_tasks: Any) -> tuple[np.ndarray, np.ndarray]:
     for item in items:
         if hasattr(item, "expected_rows"):
             rows.append(float(item.expected_rows))
-            g = item.granules
+            # A plan's task reads, in the granule stage, the granules it reports (each granule once).
+            g = item.reports if hasattr(item, "reports") else item.granules
             granules.append(float(len(g) if not isinstance(g, (int, float)) else g))
         else:
             r, g = item
