@@ -168,8 +168,10 @@ class Catalog:
 
     def granule_refs(self, rows: np.ndarray) -> tuple[GranuleRef, ...]:
         """References of the granules at the given catalog rows, in catalog order."""
-        g = self.granules
-        return tuple(GranuleRef(str(g.granule_id.iat[i]), str(g.url.iat[i])) for i in np.unique(rows))
+        rows = np.unique(rows)
+        ids = self.granules.granule_id.to_numpy()[rows]
+        urls = self.granules.url.to_numpy()[rows]
+        return tuple(GranuleRef(str(i), str(u)) for i, u in zip(ids.tolist(), urls.tolist()))
 
 
     def write(self, path: str | Path) -> Path:

@@ -29,6 +29,21 @@ CLIENT_MARKER = "POLARAGG_CLIENT"  # environment variable naming the client that
 REAP_INTERVAL_S = 0.25
 
 
+# Modules a `processes` worker needs, imported once by the fork server instead of by every worker.
+FORKSERVER_PRELOAD = ["polaragg.plan", "polaragg.read", "polaragg.chunks", "h5py", "healpix_geo.nested", "zarr"]
+
+
+def _start_method() -> str:
+    """How `processes` starts workers: forked from a fork server that imported the task modules once
+    (cheap, and no threads of the client are copied), else spawned."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
+    return "forkserver"
+
+
 def cubed_executor(choice: ExecutorChoice):
     """The Cubed executor object for a Cubed executor name."""
     if choice.name == "single-threaded":
@@ -43,7 +58,8 @@ def cubed_executor(choice: ExecutorChoice):
         from cubed.runtime.executors.local import ProcessesExecutor
 
         guard_workers()
-        return ProcessesExecutor(max_workers=choice.workers, max_tasks_per_child=TASKS_PER_WORKER)
+        return ProcessesExecutor(max_workers=choice.workers, max_tasks_per_child=TASKS_PER_WORKER,
+                                 use_processes=_start_method())
     if choice.name == "lithops-local":
         try:
             from cubed.runtime.executors.lithops import LithopsExecutor

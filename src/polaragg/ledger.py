@@ -17,7 +17,7 @@ from typing import Literal
 
 import fsspec
 
-from .fs import fsspec_options
+from .fs import fsspec_options, put_whole
 
 LEDGER_SUFFIX = ".ledger"
 LOCK_NAME = "_run.lock"
@@ -88,10 +88,9 @@ def ledger_location(store_url: str, storage_options: dict | None = None):
 
 
 def write_record(store_url: str, record: TaskRecord, storage_options: dict | None = None) -> None:
-    fs, root = ledger_location(store_url, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{record.key}.json", "w") as f:
-        json.dump(asdict(record), f)
+    """Write a task's record whole or not at all (a crash never leaves a torn record)."""
+    put_whole(f"{store_url.rstrip('/')}{LEDGER_SUFFIX}/{record.key}.json", [json.dumps(asdict(record)).encode()],
+              storage_options)
 
 
 def _names(fs, root: str) -> list[str]:
