@@ -15,6 +15,8 @@ from polaragg.aggregate import PartitionJob, TaskLayout, partition_granule
 from polaragg.domain import GranuleRef
 from polaragg.grid import Grid
 from polaragg.intermediate import Location
+from polaragg.runner import plan_recipe
+from polaragg.sources import load_catalog
 
 SMALL_BBOX = [85.0, -86.0, 95.0, -85.0]
 
@@ -46,7 +48,7 @@ def test_a_changed_granule_file_is_partitioned_again(demo_recipe, demo_cache, tm
     recipe = _small(demo_recipe, source={"kind": "directory", "path": str(work)})
     parts = str(tmp_path / "parts")
     before = polaragg.open_dataset(recipe, work_dir=parts).compute()
-    plan = polaragg.runner.plan_recipe(recipe)
+    plan = plan_recipe(recipe)
     target = max(plan.granules, key=lambda g: sum(g in t.granules for t in plan.tasks))
     with h5py.File(target.url, "r+") as f:
         for beam in ("gt1l", "gt1r", "gt2l", "gt2r", "gt3l", "gt3r"):
@@ -89,3 +91,18 @@ def test_a_segment_too_large_for_an_index_entry_fails_the_granule_with_its_reaso
     job = PartitionJob(TaskLayout(parents, 1, grid), Location(str(tmp_path / "parts")), "k")
     record = partition_granule(GranuleRef("g", str(path)), job)
     assert record.status == "failed" and "index entry" in record.reason
+
+
+def test_grouped_granule_tasks_hold_every_granule_once_in_regular_balanced_blocks(demo_recipe):
+    single = plan_recipe(demo_recipe, executor="lambda")
+    grouped = plan_recipe(demo_recipe, executor="processes", workers=2)
+    assert single.granules_per_task == 1 and grouped.granules_per_task > 1
+    assert sorted(g.granule_id for g in grouped.granules) == sorted(g.granule_id for g in single.granules)
+    assert len(set(grouped.granules)) == len(grouped.granules)
+    k, n = grouped.granules_per_task, len(grouped.granules)
+    blocks = [grouped.granules[i:i + k] for i in range(0, n, k)]
+    assert len(blocks) <= 4 * 2 and all(len(b) == k for b in blocks[:-1])
+    catalog = load_catalog(demo_recipe).granules
+    rows = dict(zip(catalog.granule_id.astype(str), catalog.expected_rows.astype(float)))
+    loads = [sum(rows[g.granule_id] for g in b) / len(b) for b in blocks]
+    assert max(loads) <= 1.5 * min(loads)  # rows per granule alike across blocks: largest ones spread out

@@ -76,6 +76,7 @@ class Plan:
     granule_projected_bytes: tuple[int, ...] = field(default=(), repr=False)
     # Tasks the cell stage computes, in execution order (None: all of them, in cell order).
     columns: tuple[int, ...] | None = field(default=None, repr=False)
+    granules_per_task: int = 1  # granule-stage task b partitions granules [b * k, (b + 1) * k)
 
     @property
     def n_cells(self) -> int:
@@ -166,8 +167,12 @@ def make_plan(
     memory_per_task: int | None = None,
     retry: RetryPolicy = RetryPolicy(),
     memory: MemoryModel = DEFAULT_MODEL,
+    granule_tasks: int | None = None,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
+
+    The granule stage runs one task per granule, or `granule_tasks` tasks of equally many granules
+    (fewer, larger tasks cost less to dispatch on a few local workers), balanced by expected rows.
 
     When the busiest parent's projected memory exceeds `memory_per_task`, every parent's children
     are split into the smallest power-of-two number of equal ranges for which every task fits, before
@@ -197,19 +202,23 @@ def make_plan(
             raise PlanError(f"a task with {max(t.expected_rows for t in tasks):,.0f} expected rows cannot fit "
                             f"in {memory_per_task / 2**20:.0f} MiB even split per child cell")
         split *= 2
-    granules, projected = _granule_order(catalog, tasks, memory)
+    granules, projected, per_block = _granule_order(catalog, tasks, memory, granule_tasks)
     if memory_per_task is not None and max(projected, default=0) > memory_per_task:
         worst = granules[int(np.argmax(projected))]
         raise PlanError(f"granule {worst.granule_id} is projected to need {max(projected) / 2**20:.0f} MiB to "
                         f"partition, above memory per task {memory_per_task / 2**20:.0f} MiB; raise "
                         "executor.memory_per_task")
     return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
-                granules, projected)
+                granules, projected, granules_per_task=per_block)
 
 
-def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel) -> tuple[tuple[GranuleRef, ...],
-                                                                                     tuple[int, ...]]:
-    """Every granule some task lists, most expected rows first, and its granule-stage memory projection."""
+def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, granule_tasks: int | None
+                   ) -> tuple[tuple[GranuleRef, ...], tuple[int, ...], int]:
+    """Every granule some task lists, in granule-stage order, its memory projection, and granules per task.
+
+    One granule per task: most expected rows first. Grouped: `k` granules per task (the last task
+    holds the rest), each granule, largest first, going to the least-loaded task with room.
+    """
     g = catalog.granules
     rows = dict(zip(g.granule_id.astype(str), g.expected_rows.fillna(0).astype(float)))
     seen: dict[str, GranuleRef] = {}
@@ -217,8 +226,19 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel) -> 
         for ref in t.granules:
             seen.setdefault(ref.granule_id, ref)
     order = sorted(seen.values(), key=lambda r: -rows.get(r.granule_id, 0.0))
+    k = 1 if not granule_tasks or not order else -(-len(order) // min(granule_tasks, len(order)))
+    if k > 1:
+        n_blocks = -(-len(order) // k)
+        room = [k] * (n_blocks - 1) + [len(order) - k * (n_blocks - 1)]
+        blocks: list[list[GranuleRef]] = [[] for _ in range(n_blocks)]
+        load = [0.0] * n_blocks
+        for ref in order:
+            b = min((i for i in range(n_blocks) if len(blocks[i]) < room[i]), key=lambda i: (load[i], i))
+            blocks[b].append(ref)
+            load[b] += rows.get(ref.granule_id, 0.0)
+        order = [ref for block in blocks for ref in block]
     busiest = max((rows.get(r.granule_id, 0.0) for r in order), default=0.0)
-    return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0), busiest) for r in order)
+    return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0), busiest) for r in order), k
 
 
 def _assign_reports(tasks: list[Task]) -> list[Task]:
@@ -275,18 +295,19 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
 
 
 class _Partition:
-    """Block function of the granule stage: one granule's index entries for the plan's columns."""
+    """Block function of the granule stage: its granules' index entries for the plan's columns."""
 
     def __init__(self, plan: Plan, location: Location) -> None:
         self.plan = plan
         self.location = location
 
     def __call__(self, *_: object, block_id: tuple[int, int]) -> np.ndarray:
-        columns = self.plan.task_columns
-        if block_id[0] >= len(self.plan.granules):  # the one row of a plan without granules
+        plan, columns = self.plan, self.plan.task_columns
+        if not plan.granules:  # the one row of a plan without granules
             return np.zeros((1, len(columns)), np.int64)
-        record = self.plan.partition(block_id[0], self.location)
-        return index_row(record, columns)[None, :]
+        k = plan.granules_per_task
+        positions = range(block_id[0] * k, min((block_id[0] + 1) * k, len(plan.granules)))
+        return np.stack([index_row(plan.partition(p, self.location), columns) for p in positions])
 
 
 class _Reduce:
@@ -388,7 +409,9 @@ def _token(plan: Plan, location: Location, *more: object) -> str:
 
 def _index(plan: Plan, location: Location, chunk_manager: str, spec):
     """The granule stage: (granules x tasks) index entries, one block per granule."""
-    chunks = ((1,) * max(len(plan.granules), 1), (len(plan.task_columns),))
+    n, k = len(plan.granules), plan.granules_per_task
+    rows = (k,) * (n // k) + ((n % k,) if n % k else ()) if n else (1,)
+    chunks = (rows, (len(plan.task_columns),))
     extra = {"extra_projected_mem": plan.max_granule_projected_bytes} if chunk_manager == "cubed" else {}
     return _virtual(_Partition(plan, location), chunks, chunk_manager, spec, np.int64,
                     name=f"polaragg-partition-{_token(plan, location)}", **extra)

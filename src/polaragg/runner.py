@@ -40,6 +40,10 @@ from .store import StoreError, create_store, finalize_store, inspect_target, is_
 from .validate import misses_not_aggregated
 
 MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record says they hold
+# Executors on a few local workers group granules into this many granule-stage tasks per worker (enough
+# to balance, few enough that dispatch costs little); Lambda, Coiled and lithops-local run one each.
+GRANULE_TASKS_PER_WORKER = 4
+GROUPED_EXECUTORS = ("single-threaded", "threads", "processes", "dask", "dask-distributed")
 
 
 class PolaraggWarning(UserWarning):
@@ -70,9 +74,12 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
         warnings.warn(note, PolaraggWarning, stacklevel=2)
     if len(catalog.granules) == 0 or not any(len(c) for c in catalog.granules.parent_cells):
         warnings.warn("no granule crosses the AOI: every cell will be empty", PolaraggWarning, stacklevel=2)
+    name = executor or recipe.executor.name
+    workers = workers or recipe.executor.max_workers or os.cpu_count() or 1
     return make_plan(catalog, grid, reader=recipe.reader, filters=recipe.filters.filters(),
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
-                     memory=model_for(executor or recipe.executor.name, workers or recipe.executor.max_workers))
+                     memory=model_for(name, workers),
+                     granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None)
 
 
 def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None,
