@@ -113,7 +113,7 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
     if done is not None and done.status == "ok":
         return done
     reset_peak()
-    start, cpu = time.perf_counter(), time.thread_time()
+    start, cpu = time.perf_counter(), time.process_time()
     attempt = 0
     try:
         for trial in retrying(job.retry, _transient_read):
@@ -131,7 +131,7 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
     job.location.write_rows(ref.granule_id, segments, rows)
     record = GranuleRecord(granule=ref.granule_id, key=job.key, status="ok", source=source, segments=segments,
                            attempts=attempt,
-                           seconds=time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu,
+                           seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu,
                            peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes, **counts)
     job.location.write_record(record)
     return record
@@ -141,7 +141,7 @@ def _failed(ref: GranuleRef, job: PartitionJob, failure: GranuleFailure, started
             projected_bytes: int, source: str) -> GranuleRecord:
     record = GranuleRecord(granule=ref.granule_id, key=job.key, status="failed", source=source, reason=failure.reason,
                            transient=failure.transient, attempts=failure.attempts,
-                           seconds=time.perf_counter() - started[0], cpu_seconds=time.thread_time() - started[1],
+                           seconds=time.perf_counter() - started[0], cpu_seconds=time.process_time() - started[1],
                            peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes)
     job.location.write_record(record)
     return record
@@ -241,7 +241,7 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     Segments are concatenated with the task's listed granules first, in listing order, then the
     rest in plan order: the order a footprint-true read would see them, so sums are reproducible.
     """
-    start, cpu = time.perf_counter(), time.thread_time()
+    start, cpu = time.perf_counter(), time.process_time()
     entries = np.asarray(entries, np.int64).ravel()
     first, rows = unpack(np.maximum(entries, 0))
     has = np.flatnonzero((entries > 0) & (rows > 0))
@@ -264,5 +264,5 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
         granules_with_rows=tuple(granules[g].granule_id for g in has),
         failed=tuple(granules[g].granule_id for g in failed if int(g) in listed_set),
         seconds=time.perf_counter() - start,
-        cpu_seconds=time.thread_time() - cpu,
+        cpu_seconds=time.process_time() - cpu,
     )

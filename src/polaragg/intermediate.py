@@ -62,7 +62,10 @@ class GranuleRecord:
     transient: bool = False
     attempts: int = 0
     seconds: float = 0.0
-    cpu_seconds: float = 0.0  # CPU time of the thread that partitioned it
+    # Process CPU while it was partitioned (HEALPix computes in its own thread pool, so thread CPU
+    # would miss it): exact where a process runs one task at a time; on threads and dask it also
+    # counts the tasks running beside it.
+    cpu_seconds: float = 0.0
     peak_memory_bytes: int = 0
     projected_memory_bytes: int = 0
 

@@ -59,8 +59,11 @@ class TaskRecord:
     run_id: str = ""
     granule_reports: list[dict] = field(default_factory=list)  # granule-stage records of the granules reported
     granule_seconds: float = 0.0  # granule-stage seconds of the granules reported
-    cpu_seconds: float = 0.0  # CPU time of the task (reduce, write), its thread only
-    granule_cpu_seconds: float = 0.0  # granule-stage CPU time of the granules reported
+    # Process CPU while the task ran (reduce, chunk write), and the granule stage's for the granules
+    # reported: exact where a process runs one task at a time (single-threaded, processes, Lambda);
+    # on threads and dask they also count the tasks running beside.
+    cpu_seconds: float = 0.0
+    granule_cpu_seconds: float = 0.0
 
     @property
     def key(self) -> str:

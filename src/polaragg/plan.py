@@ -343,11 +343,11 @@ class _ReduceAndStore:
         plan, index = self.plan, self.plan.task_columns[block_id[0]]
         task = plan.tasks[index]
         reset_peak()
-        start, cpu = time.perf_counter(), time.thread_time()
+        start, cpu = time.perf_counter(), time.process_time()
         result = plan.reduce(index, entries, self.location)
         digest = write_block(self.target.store, task.index * plan.chunk_cells, result.block,
                              storage_options=self.target.storage_options)
-        result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.thread_time() - cpu)
+        result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         record = self._record(task, result, digest)
         write_record(self.target.store, record, self.target.storage_options)
         summary = [record.observations, record.rows_in_cell, record.granules, record.granules_read,
