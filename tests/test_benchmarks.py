@@ -26,7 +26,7 @@ def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):
     bench = _load_bench()
     out = tmp_path / "results"
     code = bench.main(["--quick", "--executors", "single-threaded,processes", "--no-scaling", "--repeats", "1",
-                       "--cpu-repeats", "1", "--floor-repeats", "1", "--max-wait", "0",
+                       "--cpu-repeats", "1", "--floor-repeats", "1", "--max-wait", "0", "--max-extra", "0",
                        "--cache", str(demo_recipe.source.cache_dir), "--out", str(out)])
     assert code == 0
     rows = list(csv.DictReader((out / "latest.csv").open()))
