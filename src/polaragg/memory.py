@@ -101,7 +101,7 @@ class MemoryModel:
 
 MIB = 2**20
 # The granule stage holds one beam's six columns and masks, and the granule's kept rows grouped by task:
-# at most 37 B per row of the granule measured on the demo (benchmarks/memory.py), with a margin.
+# slopes of 18-49 B per row of the granule measured on the demo (benchmarks/memory.py), with a margin.
 PARTITION_BYTES_PER_ROW = 60.0
 
 # Measured by benchmarks/memory.py (benchmarks/results/memory.md) on the demo recipe and a 4x-density
