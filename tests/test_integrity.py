@@ -96,11 +96,10 @@ def _shifted(points: list[dict], *_: float) -> list[dict]:
     return [{"Longitude": p["Longitude"] + 6.0, "Latitude": p["Latitude"]} for p in points]
 
 
-@pytest.mark.parametrize("lie", [_cut_short, _shifted], ids=["cut-short", "shifted"])
-def test_rows_outside_a_lying_footprint_are_found_and_aggregated(lie, sub, tmp_path, capsys):
-    folder, parents, ref, crossing, base = sub
-    name = max(crossing, key=lambda n: len(crossing[n]))  # the granule crossing the most AOI parents
-    assert len(crossing[name]) >= 3
+def _with_lying_footprint(sub, tmp_path: Path, name: str, lie) -> Path:
+    """A copy of the granules crossing the sub-AOI in which granule `name`'s footprint is replaced by
+    `lie(ring, lon, lat)`, given one of its observations inside the AOI."""
+    folder, parents, _, crossing, _ = sub
     work = _copy_folder(folder, tmp_path / "granules", list(crossing))
     record = json.loads((work / f"{name}.umm.json").read_text())
     with h5py.File(folder / f"{name}.h5", "r") as f:
@@ -110,6 +109,15 @@ def test_rows_outside_a_lying_footprint_are_found_and_aggregated(lie, sub, tmp_p
     k = int(np.flatnonzero(np.isin(cell, list(parents)))[0])
     _set_ring(record, lie(_ring(record), float(lon[k]), float(lat[k])))
     (work / f"{name}.umm.json").write_text(json.dumps(record))
+    return work
+
+
+@pytest.mark.parametrize("lie", [_cut_short, _shifted], ids=["cut-short", "shifted"])
+def test_rows_outside_a_lying_footprint_are_found_and_aggregated(lie, sub, tmp_path, capsys):
+    folder, parents, ref, crossing, base = sub
+    name = max(crossing, key=lambda n: len(crossing[n]))  # the granule crossing the most AOI parents
+    assert len(crossing[name]) >= 3
+    work = _with_lying_footprint(sub, tmp_path, name, lie)
 
     recipe = _recipe(tmp_path, work, base)
     catalog = polaragg.runner.load_catalog(polaragg.load_recipe(recipe))
@@ -147,15 +155,7 @@ def test_resume_after_a_failed_granule_reaches_the_tasks_its_footprint_missed(su
     finish ok without its rows. Once it reads again, --resume must give those tasks its rows too."""
     folder, parents, ref, crossing, base = sub
     name = max(crossing, key=lambda n: len(crossing[n]))
-    work = _copy_folder(folder, tmp_path / "granules", list(crossing))
-    record = json.loads((work / f"{name}.umm.json").read_text())
-    with h5py.File(folder / f"{name}.h5", "r") as f:
-        lat = f["gt2l/land_ice_segments/latitude"][:]
-        lon = f["gt2l/land_ice_segments/longitude"][:]
-    cell = np.asarray(hpn.lonlat_to_healpix(lon, lat, 6, ellipsoid="WGS84"))
-    k = int(np.flatnonzero(np.isin(cell, list(parents)))[0])
-    _set_ring(record, _cut_short(_ring(record), float(lon[k]), float(lat[k])))
-    (work / f"{name}.umm.json").write_text(json.dumps(record))
+    work = _with_lying_footprint(sub, tmp_path, name, _cut_short)
     (work / f"{name}.h5").unlink()
     (work / f"{name}.h5").write_bytes(b"not an HDF5 file")  # unreadable on the first run
 

@@ -50,27 +50,34 @@ def _recipe_file(tmp_path, recipe, **changes) -> str:
     return str(path)
 
 
-def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_store(demo_recipe, demo_store, tmp_path):
-    store_ref, _ = demo_store
-    recipe_path = _recipe_file(tmp_path, demo_recipe)
-    store = str(tmp_path / "killed.zarr")
+def _kill_run_when(recipe_path: str, store: str, ready, timeout_message: str, poll: float) -> None:
+    """Start `polaragg run` in its own session and SIGKILL it (and its children) once `ready()` holds;
+    fail if the run ends first or `ready()` does not hold within 180 s."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "polaragg.cli", "run", recipe_path, "--store", store, "--executor", "single-threaded"],
         start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    ledger = store + LEDGER_SUFFIX
     deadline = time.monotonic() + 180
     try:
         while time.monotonic() < deadline:
-            if os.path.isdir(ledger) and len(_record_names(ledger)) >= 6:
+            if ready():
                 break
             assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
+            time.sleep(poll)
         else:
-            pytest.fail("no task finished within 180 s")
+            pytest.fail(timeout_message)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_store(demo_recipe, demo_store, tmp_path):
+    store_ref, _ = demo_store
+    recipe_path = _recipe_file(tmp_path, demo_recipe)
+    store = str(tmp_path / "killed.zarr")
+    ledger = store + LEDGER_SUFFIX
+    _kill_run_when(recipe_path, store, lambda: os.path.isdir(ledger) and len(_record_names(ledger)) >= 6,
+                   "no task finished within 180 s", poll=0.05)
     before = {(r.parent, r.child_lo): r for r in read_records(store)}
     total = len(demo_recipe and polaragg.runner.plan_recipe(demo_recipe).tasks)
     assert 6 <= len(before) < total
@@ -92,22 +99,8 @@ def test_sigkill_in_the_granule_stage_then_resume_reads_only_the_granules_not_ye
     recipe_path = _recipe_file(tmp_path, demo_recipe)
     store = str(tmp_path / "killed.zarr")
     partitions = Path(store + ".partitions")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "polaragg.cli", "run", recipe_path, "--store", store, "--executor", "single-threaded"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            if partitions.is_dir() and len(list(partitions.glob("[!_]*.json"))) >= 5:
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.005)
-        else:
-            pytest.fail("no granule was partitioned within 180 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    _kill_run_when(recipe_path, store, lambda: partitions.is_dir() and len(list(partitions.glob("[!_]*.json"))) >= 5,
+                   "no granule was partitioned within 180 s", poll=0.005)
     plan = polaragg.runner.plan_recipe(demo_recipe)
     done = {json.loads(p.read_text())["granule"] for p in partitions.glob("[!_]*.json")}
     assert 5 <= len(done) < len(plan.granules), "killed within the granule stage"
