@@ -52,7 +52,10 @@ def demo_inputs() -> list[tuple]:
     """The arguments of every non-empty `grouped_stats` call of the demo recipe's tasks."""
     import warnings
 
+    import tempfile
+
     import polaragg.aggregate as aggregate
+    from polaragg.intermediate import Location
     from polaragg.recipe import load_recipe
     from polaragg.runner import plan_recipe
     from polaragg.sources import synthetic_folder
@@ -69,8 +72,13 @@ def demo_inputs() -> list[tuple]:
 
     aggregate.grouped_stats = record
     try:
-        for i in range(len(plan.tasks)):
-            plan.run_task(i)
+        with tempfile.TemporaryDirectory() as work:  # both stages, serially: the cell stage's real inputs
+            location = Location(work)
+            columns = tuple(range(len(plan.tasks)))
+            index = np.stack([aggregate.index_row(plan.partition(g, location), columns)
+                              for g in range(len(plan.granules))])
+            for j in columns:
+                plan.reduce(j, index[:, j], location)
     finally:
         aggregate.grouped_stats = grouped_stats
     return [a for a in calls if len(a[0])]
