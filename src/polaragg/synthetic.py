@@ -27,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from polaragg.cycles import cycle_start, delta_time_of
 from polaragg.products.atl06 import (
     BEAM_OFFSETS_M,
     BEAMS,
@@ -60,8 +61,6 @@ LON_1 = 0.0  # longitude of the ascending node of RGT 1 (radians); fixed, arbitr
 SEGMENT_M = 20.0
 DU = SEGMENT_M / EARTH_RADIUS_M  # radians of argument of latitude per row
 
-EPOCH_2018_UTC = datetime(2018, 1, 1, tzinfo=UTC)
-LEAP_SECONDS = 18  # GPS - UTC since 2017-01-01
 
 # Footprint (UMM-G polygon): swath envelope around the RGT, densely sampled, extended past both ends.
 FOOTPRINT_HALF_WIDTH_M = 6300.0
@@ -78,20 +77,6 @@ MEAN_CLOUD_ROWS = 250.0
 # bbox pre-selection: coarse RGT sampling step and the distance margin that covers beam offsets + step.
 COARSE_STEP_M = 2000.0
 COARSE_MARGIN_M = 12000.0
-
-# Cycle starts (UTC year, month, day, hour, minute), derived from real granule names (+-1 min).
-_CYCLE_STARTS: dict[int, tuple[int, int, int, int, int]] = {
-    1: (2018, 9, 28, 16, 19), 2: (2018, 12, 28, 11, 59), 3: (2019, 3, 29, 7, 39),
-    4: (2019, 6, 28, 3, 19), 5: (2019, 9, 26, 22, 58), 6: (2019, 12, 26, 18, 38),
-    7: (2020, 3, 26, 14, 18), 8: (2020, 6, 25, 9, 58), 9: (2020, 9, 24, 5, 38),
-    10: (2020, 12, 24, 1, 17), 11: (2021, 3, 24, 20, 57), 12: (2021, 6, 23, 16, 37),
-    13: (2021, 9, 22, 12, 17), 14: (2021, 12, 22, 7, 57), 15: (2022, 3, 23, 3, 36),
-    16: (2022, 6, 21, 23, 16), 17: (2022, 9, 20, 18, 56), 18: (2022, 12, 20, 14, 36),
-    19: (2023, 3, 21, 10, 15), 20: (2023, 6, 20, 5, 55), 21: (2023, 9, 19, 1, 35),
-    22: (2023, 12, 18, 21, 15), 23: (2024, 3, 18, 16, 55), 24: (2024, 6, 17, 12, 34),
-    25: (2024, 9, 16, 8, 14), 26: (2024, 12, 16, 3, 54), 27: (2025, 3, 16, 23, 34),
-    28: (2025, 6, 15, 19, 14), 29: (2025, 9, 14, 14, 53), 30: (2025, 12, 14, 10, 33),
-}
 
 SUPPORTED_REGIONS = (10, 11, 12)
 
@@ -169,14 +154,6 @@ class SynthGranule:
     beams: tuple[str, ...] = field(default=())
 
 
-def cycle_start(cycle: int) -> datetime:
-    """UTC start of an ICESat-2 cycle (1..30), from a table derived from real granule names."""
-    if cycle not in _CYCLE_STARTS:
-        raise ValueError(f"cycle must be in 1..{max(_CYCLE_STARTS)}, got {cycle}")
-    y, mo, d, h, mi = _CYCLE_STARTS[cycle]
-    return datetime(y, mo, d, h, mi, tzinfo=UTC)
-
-
 def granule_name(
     start: datetime, rgt: int, cycle: int, region: int, version: str = "006", revision: int = 1
 ) -> str:
@@ -205,16 +182,6 @@ def region_u_bounds(region: int) -> tuple[float, float]:
 def _time_offset_s(rgt: int, u: float | np.ndarray) -> float | np.ndarray:
     """Seconds from the cycle start to argument of latitude ``u`` on RGT ``rgt``."""
     return ((rgt - 1) + np.asarray(u) / (2 * math.pi)) * NODAL_PERIOD_S
-
-
-def delta_time_of(when: datetime) -> float:
-    """ATL06 delta_time of a UTC instant.
-
-    GPS seconds = delta_time + atlas_sdp_gps_epoch and UTC = GPS - 18 s, so delta_time equals the UTC seconds
-    elapsed since 2018-01-01T00:00:00Z.
-    """
-    gps_seconds = (when - datetime(1980, 1, 6, tzinfo=UTC)).total_seconds() + LEAP_SECONDS
-    return gps_seconds - GPS_EPOCH_2018
 
 
 # ----------------------------------------------------------------------------------------------------
