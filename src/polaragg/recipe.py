@@ -77,13 +77,31 @@ class SyntheticSource(_Model):
 
     kind: Literal["synthetic"] = "synthetic"
     seed: int = 0
-    cycle: Annotated[int, Field(ge=1, le=30)] = 22
+    cycles: Annotated[list[Annotated[int, Field(ge=1, le=30)]], Field(min_length=1)] = [22]
     rgts: RgtRange | list[Annotated[int, Field(ge=1, le=1387)]] = RgtRange()
     regions: list[Literal[10, 11, 12]] = [10, 11, 12]
     bbox: tuple[float, float, float, float] | None = None
     weak_beam_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1
     cloud_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     cache_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_cycle(cls, data: object) -> object:
+        """`cycle: 22` is short for `cycles: [22]`."""
+        if isinstance(data, dict) and "cycle" in data:
+            if "cycles" in data:
+                raise ValueError("give either cycle or cycles, not both")
+            data = {**data, "cycles": [data["cycle"]]}
+            del data["cycle"]
+        return data
+
+    @field_validator("cycles")
+    @classmethod
+    def _cycles(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("cycles are listed more than once")
+        return sorted(value)
 
     def rgt_values(self) -> tuple[int, ...]:
         return self.rgts.values() if isinstance(self.rgts, RgtRange) else tuple(self.rgts)

@@ -79,7 +79,7 @@ def synthetic_folder(source: SyntheticSource) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         config = SynthConfig(
             seed=source.seed,
-            cycle=source.cycle,
+            cycles=tuple(source.cycles),
             rgts=source.rgt_values(),
             regions=tuple(source.regions),
             bbox=tuple(source.bbox) if source.bbox else None,
