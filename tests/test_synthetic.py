@@ -14,6 +14,7 @@ import pytest
 import shapely
 from pyproj import Transformer
 
+from polaragg.cycles import cycle_bounds
 from polaragg.products.atl06 import BEAMS, FILL_THRESHOLD, VARIABLES, is_strong
 from polaragg.synthetic import (
     SynthConfig,
@@ -87,14 +88,14 @@ def _utc_of(delta_time: np.ndarray | float) -> datetime:
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> list[SynthGranule]:
     """Three full granules (regions 10, 11, 12) of one RGT."""
-    cfg = SynthConfig(seed=7, cycle=22, rgts=(5,), regions=(10, 11, 12), weak_beam_dropout=0.0)
+    cfg = SynthConfig(seed=7, cycles=(22,), rgts=(5,), regions=(10, 11, 12), weak_beam_dropout=0.0)
     return generate(tmp_path_factory.mktemp("full"), cfg)
 
 
 @pytest.fixture(scope="module")
 def polar(tmp_path_factory) -> tuple[SynthConfig, list[SynthGranule]]:
     """Region-11 granules clipped to a polar box, every 200th RGT."""
-    cfg = SynthConfig(seed=7, cycle=22, rgts=tuple(range(1, 1388, 200)), regions=(11,), bbox=POLAR_BBOX)
+    cfg = SynthConfig(seed=7, cycles=(22,), rgts=tuple(range(1, 1388, 200)), regions=(11,), bbox=POLAR_BBOX)
     return cfg, generate(tmp_path_factory.mktemp("polar"), cfg)
 
 
@@ -142,6 +143,20 @@ def test_config_validation():
     with pytest.raises(ValueError):
         SynthConfig(bbox=(0, -60, 10, -70))
     assert SynthConfig(rgts=range(1, 4)).rgts == (1, 2, 3)
+
+
+def test_config_cycles():
+    assert SynthConfig().cycles == (22,)
+    assert SynthConfig(cycles=[21, 19, 20]).cycles == (19, 20, 21)  # stored sorted
+    assert SynthConfig(cycle=5).cycles == (5,)  # shorthand for one cycle
+    assert SynthConfig(cycles=(5,), cycle=5).cycles == (5,)
+    for bad in ((), (19, 19), (0,), (22, 31)):
+        with pytest.raises(ValueError):
+            SynthConfig(cycles=bad)
+    with pytest.raises(ValueError):
+        SynthConfig(cycles=(19, 20), cycle=21)
+    with pytest.raises(ValueError):
+        SynthConfig(cycles=22)
 
 
 def test_file_layout(full):
@@ -342,7 +357,7 @@ def test_footprint_encloses_all_rows(full, polar):
 
 def test_footprint_covers_full_granule_in_bbox_mode(full, tmp_path):
     cfg = SynthConfig(
-        seed=7, cycle=22, rgts=(5,), regions=(11,), bbox=(-180, -88, 180, -86), weak_beam_dropout=0.0
+        seed=7, cycles=(22,), rgts=(5,), regions=(11,), bbox=(-180, -88, 180, -86), weak_beam_dropout=0.0
     )
     (g,) = generate(tmp_path, cfg)
     full11 = next(f for f in full if f.region == 11)
@@ -365,7 +380,7 @@ def test_bbox_rows_are_the_full_granule_rows_inside(full, tmp_path):
         (lon_c - 0.001, -90.0, lon_c + 0.001, -60.0),  # a sliver near the pole: coarse pre-selection
     ]
     for k, bbox in enumerate(boxes):
-        cfg = SynthConfig(seed=7, cycle=22, rgts=(5,), regions=(11,), bbox=bbox, weak_beam_dropout=0.0)
+        cfg = SynthConfig(seed=7, cycles=(22,), rgts=(5,), regions=(11,), bbox=bbox, weak_beam_dropout=0.0)
         out = generate(tmp_path / str(k), cfg)
         sub = _read(out[0]) if out else {}
         for beam, d in ref.items():
@@ -435,6 +450,29 @@ def test_strong_only_granules(tmp_path):
             assert present and all(is_strong(b, orient) for b in present)
             assert all(f[b].attrs["atlas_beam_type"] == "strong" for b in present)
         assert g.beams == tuple(present)
+
+
+def test_cycles_write_one_granule_per_cycle(tmp_path):
+    bbox = (60.0, -88.0, 120.0, -84.0)
+    kw = dict(seed=3, rgts=(101, 301), regions=(11,), bbox=bbox)
+    multi = generate(tmp_path / "m", SynthConfig(cycles=(19, 22), **kw))
+    one = {g.name: g for g in generate(tmp_path / "one", SynthConfig(cycles=(22,), **kw))}
+    assert one and {g.cycle for g in multi} == {19, 22}
+    for g in multi:
+        m = NAME_RE.match(g.name)
+        assert int(m[3]) == g.cycle
+        begin, end = cycle_bounds(g.cycle)
+        with h5py.File(g.h5_path, "r") as f:
+            assert int(f["orbit_info/cycle_number"][0]) == g.cycle
+            assert int(f["orbit_info/orbit_number"][0]) == (g.cycle - 1) * 1387 + g.rgt
+        times = np.concatenate([d["delta_time"] for d in _read(g).values()])
+        assert begin <= _utc_of(times.min()) and _utc_of(times.max()) < end
+        name_time = datetime.strptime(m[1], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        assert begin <= name_time < end
+        if g.cycle == 22:  # a cycle's granules do not depend on the other cycles listed
+            assert g.h5_path.read_bytes() == one[g.name].h5_path.read_bytes()
+            assert g.umm_path.read_text() == one[g.name].umm_path.read_text()
+    assert {(g.rgt, g.region) for g in multi if g.cycle == 19} == {(g.rgt, g.region) for g in one.values()}
 
 
 def test_no_rows_no_granule(tmp_path):

@@ -67,10 +67,14 @@ def default_cache_dir() -> Path:
 
 
 def synthetic_folder(source: SyntheticSource) -> Path:
-    """Generate the synthetic granules if not cached; return their folder."""
-    from .synthetic import SynthConfig, generate
+    """Generate the synthetic granules if not cached; return their folder.
 
-    params = source.model_dump(mode="json", exclude={"cache_dir"})
+    The cache key hashes the source parameters and the generator's ``MODEL_VERSION``, so granules written by
+    another version of the simulated model are never reused.
+    """
+    from .synthetic import MODEL_VERSION, SynthConfig, generate
+
+    params = {**source.model_dump(mode="json", exclude={"cache_dir"}), "model_version": MODEL_VERSION}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     base = Path(source.cache_dir).expanduser() if source.cache_dir else default_cache_dir()
     folder = base / f"synthetic-{key}"

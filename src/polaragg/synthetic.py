@@ -4,7 +4,8 @@ No real ATL06 file can be fetched from every machine this project runs on, so th
 is simulated from the exact-repeat orbit model: a reference ground track per RGT, six beams offset across
 track, one row every 20 m, cloud gaps, strong/weak beam error levels, quality flags, fill values and missing
 weak beams, all written with the storage layout of real v006 granules. Everything is vectorised per granule
-and beam.
+and beam. One or more cycles are simulated: every cycle flies the same RGTs over the same regions, each granule
+named with its own cycle and timed from that cycle's start (``cycles.cycle_start``).
 
 Randomness: per-granule choices (weak-beam dropout, cloud runs) come from a generator seeded by
 (seed, cycle, rgt, region), the orientation from (seed, cycle, rgt); per-row values come from a counter-based
@@ -20,7 +21,7 @@ import os
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from polaragg.products.atl06 import (
 )
 
 __all__ = [
+    "MODEL_VERSION",
     "SynthConfig",
     "SynthGranule",
     "cycle_start",
@@ -50,6 +52,10 @@ __all__ = [
     "granule_name",
     "region_u_bounds",
 ]
+
+# Version of the simulated model: bump whenever the same config would write different granules, so caches
+# of generated data (sources.synthetic_folder) are not reused across models.
+MODEL_VERSION = 1
 
 # Orbit model (see reference/atl06.md).
 EARTH_RADIUS_M = 6371000.0
@@ -94,23 +100,40 @@ _UNITS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to simulate: one cycle, a set of RGTs and Antarctic regions, optionally clipped to a lon/lat box.
+    """What to simulate: cycles, a set of RGTs and Antarctic regions, optionally clipped to a lon/lat box.
 
-    ``rgts=()`` means all 1387 RGTs. ``bbox`` is (lon_min, lat_min, lon_max, lat_max) in degrees; when
+    ``cycles`` are cycle numbers of the cycle table (``polaragg.cycles``), stored sorted; a cycle listed twice
+    is an error. Every cycle flies the same RGTs over the same regions. ``cycle=N`` (init-only) is shorthand
+    for ``cycles=(N,)``. ``rgts=()`` means all 1387 RGTs. ``bbox`` is (lon_min, lat_min, lon_max, lat_max) in degrees; when
     given, only rows inside it are written and granules without such rows are skipped; lon_min > lon_max means
     the box crosses the antimeridian.
     """
 
     seed: int = 0
-    cycle: int = 22
+    cycles: tuple[int, ...] = (22,)
     rgts: tuple[int, ...] = ()
     regions: tuple[int, ...] = (10, 11, 12)
     bbox: tuple[float, float, float, float] | None = None
     version: str = "006"
     weak_beam_dropout: float = 0.1
     cloud_fraction: float = 0.1
+    cycle: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, cycle: int | None) -> None:
+        if isinstance(self.cycles, int | np.integer):
+            raise ValueError("cycles must be a sequence of cycle numbers (use cycle=N for one)")
+        cycles = tuple(int(c) for c in self.cycles)
+        if cycle is not None:
+            if cycles not in ((22,), (int(cycle),)):  # (22,) is the default: cycles was not given
+                raise ValueError("give either cycle or cycles, not both")
+            cycles = (int(cycle),)
+        if not cycles:
+            raise ValueError("cycles must list at least one cycle")
+        if len(set(cycles)) != len(cycles):
+            raise ValueError(f"cycles are listed more than once: {cycles}")
+        for c in cycles:
+            cycle_start(c)  # validates against the cycle table
+        object.__setattr__(self, "cycles", tuple(sorted(cycles)))
         rgts = tuple(int(r) for r in self.rgts)
         regions = tuple(int(r) for r in self.regions)
         object.__setattr__(self, "rgts", rgts)
@@ -127,7 +150,6 @@ class SynthConfig:
             object.__setattr__(self, "bbox", bbox)
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
-        cycle_start(self.cycle)  # validates the cycle
         if any(not 1 <= r <= N_RGT for r in rgts):
             raise ValueError("rgts must lie in 1..1387")
         if any(r not in SUPPORTED_REGIONS for r in regions):
@@ -396,6 +418,7 @@ class _Surface:
 
 @dataclass(frozen=True)
 class _GranulePlan:
+    cycle: int
     rgt: int
     region: int
     u0: float
@@ -415,12 +438,12 @@ def _orientation(seed: int, cycle: int, rgt: int) -> int:
     return base ^ int(flip)
 
 
-def _plan(config: SynthConfig, rgt: int, region: int) -> _GranulePlan:
+def _plan(config: SynthConfig, cycle: int, rgt: int, region: int) -> _GranulePlan:
     """Per-granule choices, drawn in a fixed order whatever the bbox: beams present and cloud runs."""
     u0, u1 = region_u_bounds(region)
     j0, j1 = math.ceil(u0 / DU), math.ceil(u1 / DU)
-    rng = np.random.default_rng(np.random.SeedSequence([config.seed, config.cycle, rgt, region]))
-    orient = _orientation(config.seed, config.cycle, rgt)
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, cycle, rgt, region]))
+    orient = _orientation(config.seed, cycle, rgt)
     strong_only = rng.random() < config.weak_beam_dropout
     beams = tuple(b for b in BEAMS if not strong_only or is_strong(b, orient))
     n = j1 - j0
@@ -442,7 +465,7 @@ def _plan(config: SynthConfig, rgt: int, region: int) -> _GranulePlan:
         cloud_starts, cloud_ends = starts[keep], np.minimum(ends[keep], j1)
     else:
         cloud_starts = cloud_ends = np.empty(0, dtype=np.int64)
-    return _GranulePlan(rgt, region, u0, u1, j0, j1, orient, beams, cloud_starts, cloud_ends)
+    return _GranulePlan(cycle, rgt, region, u0, u1, j0, j1, orient, beams, cloud_starts, cloud_ends)
 
 
 def _cloudy(j: np.ndarray, plan: _GranulePlan) -> np.ndarray:
@@ -465,7 +488,7 @@ def _beam_rows(
 ) -> dict[str, np.ndarray]:
     """All land-ice-segment variables of one beam for the given rows."""
     strong = is_strong(beam, plan.sc_orient)
-    k_sig, k_flag, k_geo, _ = _keys(config.seed, config.cycle, plan.rgt, plan.region, BEAMS.index(beam))
+    k_sig, k_flag, k_geo, _ = _keys(config.seed, plan.cycle, plan.rgt, plan.region, BEAMS.index(beam))
     h, coastal = surface.height(lat, lon)
     z_sig, z_h = _normal_pair(j, k_sig)
     u_flag, u_fill = _uniform_pair(j, k_flag)
@@ -564,11 +587,11 @@ def _write_h5(
                     ds.attrs["_FillValue"] = np.array(fill, dtype=dtype)
                 ds.attrs["units"] = _UNITS[var]
         orbit = f.create_group("orbit_info")
-        orbit_number = (config.cycle - 1) * N_RGT + plan.rgt
+        orbit_number = (plan.cycle - 1) * N_RGT + plan.rgt
         for key, value, dtype in (
             ("sc_orient", plan.sc_orient, np.int8),
             ("rgt", plan.rgt, np.int16),
-            ("cycle_number", config.cycle, np.int8),
+            ("cycle_number", plan.cycle, np.int8),
             ("orbit_number", orbit_number, np.uint16),
         ):
             orbit.create_dataset(key, data=np.array([value], dtype=dtype), track_times=False)
@@ -613,7 +636,7 @@ def _umm_record(
     est_size = int(REAL_FIXED_BYTES + full_rows * REAL_BYTES_PER_ROW)
     return {
         "meta": {
-            "concept-id": _concept_id(config.cycle, plan.rgt, plan.region, config.version),
+            "concept-id": _concept_id(plan.cycle, plan.rgt, plan.region, config.version),
             "provider-id": "NSIDC_CPRD",
             "revision-id": 1,
         },
@@ -670,10 +693,10 @@ class _Computed:
         return sum(len(d["segment_id"]) for d in self.beam_data.values())
 
 
-def _compute(config: SynthConfig, rgt: int, region: int, surface: _Surface) -> _Computed | None:
+def _compute(config: SynthConfig, cycle: int, rgt: int, region: int, surface: _Surface) -> _Computed | None:
     """Rows of one granule (all beams), or None when it has none (inside the bbox)."""
-    plan = _plan(config, rgt, region)
-    c0 = cycle_start(config.cycle)
+    plan = _plan(config, cycle, rgt, region)
+    c0 = cycle_start(cycle)
     t_begin = c0 + timedelta(seconds=float(_time_offset_s(rgt, plan.u0)))
     t_end = c0 + timedelta(seconds=float(_time_offset_s(rgt, plan.u1)))
     t_base = delta_time_of(c0)
@@ -702,7 +725,7 @@ def _compute(config: SynthConfig, rgt: int, region: int, surface: _Surface) -> _
         beam_data[beam] = _beam_rows(config, plan, beam, jb, lat, lon, surface, t_base)
     if not beam_data:
         return None
-    name = granule_name(t_begin, rgt, config.cycle, region, config.version)
+    name = granule_name(t_begin, rgt, cycle, region, config.version)
     return _Computed(plan, name, beam_data, t_begin, t_end)
 
 
@@ -718,21 +741,26 @@ def _finish(out_dir: Path, config: SynthConfig, item: _Computed) -> SynthGranule
     umm_path.write_text(json.dumps(record))
     plan = item.plan
     return SynthGranule(
-        item.name, h5_path, umm_path, plan.rgt, config.cycle, plan.region, rows, tuple(item.beam_data)
+        item.name, h5_path, umm_path, plan.rgt, plan.cycle, plan.region, rows, tuple(item.beam_data)
     )
 
 
 def generate(out_dir: Path | str, config: SynthConfig) -> list[SynthGranule]:
     """Write the configured granules (HDF5 + UMM-G JSON) into ``out_dir``; return them sorted by name.
 
-    With a bbox, granules without any row inside it are not written. Chunks are deflated on a thread pool
+    Every (cycle, RGT, region) of the config is one granule. With a bbox, granules without any row inside it are not written. Chunks are deflated on a thread pool
     while the next granule is computed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     surface = _Surface.from_seed(config.seed)
     rgts: Iterable[int] = config.rgts or range(1, N_RGT + 1)
-    jobs = [(rgt, region) for rgt in sorted(set(rgts)) for region in sorted(set(config.regions))]
+    jobs = [
+        (cycle, rgt, region)
+        for cycle in config.cycles
+        for rgt in sorted(set(rgts))
+        for region in sorted(set(config.regions))
+    ]
     written: list[SynthGranule] = []
     if hasattr(os, "sched_getaffinity"):
         workers = max(1, len(os.sched_getaffinity(0)))
@@ -740,8 +768,8 @@ def generate(out_dir: Path | str, config: SynthConfig) -> list[SynthGranule]:
         workers = os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: _Computed | None = None
-        for rgt, region in jobs:
-            item = _compute(config, rgt, region, surface)
+        for cycle, rgt, region in jobs:
+            item = _compute(config, cycle, rgt, region, surface)
             if item is not None:
                 item.chunks = _compress_beams(item.beam_data, pool)
             if pending is not None:
