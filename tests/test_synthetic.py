@@ -17,12 +17,20 @@ from pyproj import Transformer
 from polaragg.cycles import cycle_bounds
 from polaragg.products.atl06 import BEAMS, FILL_THRESHOLD, VARIABLES, is_strong
 from polaragg.synthetic import (
+    PASS_OFFSET_MAX_M,
+    SEASONAL_AMPLITUDE_M,
+    T_REF,
+    YEAR_S,
     SynthConfig,
     SynthGranule,
     cycle_start,
     generate,
     granule_name,
+    pass_offset_m,
     region_u_bounds,
+    seasonal_height,
+    true_dhdt,
+    true_height,
 )
 
 R_M = 6371000.0
@@ -30,6 +38,12 @@ T_NODAL = 5657.38
 DU = 20.0 / R_M
 NAME_RE = re.compile(r"^ATL06_(\d{14})_(\d{4})(\d{2})(\d{2})_(\d{3})_(\d{2})\.h5$")
 POLAR_BBOX = (60.0, -88.0, 120.0, -82.0)
+DEMO_BBOX = (70.0, -88.0, 110.0, -83.0)
+# A 35 km x 11 km box on the flank of the outlet lobe (85.5S 90E), and RGTs whose region-11 passes cross it
+# (found by generating every RGT of region 11 over the box).
+REPEAT_BBOX = (86.0, -85.55, 90.0, -85.45)
+REPEAT_RGTS = (28, 125, 247, 384, 506, 628, 750, 887)
+REPEAT_CYCLES = (10, 14, 18, 22)  # about one year apart: 3 years of change
 
 TO_3031 = Transformer.from_crs("EPSG:4326", "EPSG:3031", always_xy=True)
 
@@ -97,6 +111,24 @@ def polar(tmp_path_factory) -> tuple[SynthConfig, list[SynthGranule]]:
     """Region-11 granules clipped to a polar box, every 200th RGT."""
     cfg = SynthConfig(seed=7, cycles=(22,), rgts=tuple(range(1, 1388, 200)), regions=(11,), bbox=POLAR_BBOX)
     return cfg, generate(tmp_path_factory.mktemp("polar"), cfg)
+
+
+@pytest.fixture(scope="module")
+def repeat(tmp_path_factory) -> tuple[SynthConfig, list[SynthGranule]]:
+    """Four cycles of a handful of RGTs over a small box where the imposed dh/dt is about -2 m/yr."""
+    cfg = SynthConfig(seed=5, cycles=REPEAT_CYCLES, rgts=REPEAT_RGTS, regions=(11,), bbox=REPEAT_BBOX)
+    return cfg, generate(tmp_path_factory.mktemp("repeat"), cfg)
+
+
+def _rows(granules: list[SynthGranule]) -> dict[str, np.ndarray]:
+    """All rows of the granules, one array per variable, plus the granule's cycle and RGT per row."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for g in granules:
+        for d in _read(g).values():
+            n = len(d["segment_id"])
+            for var, arr in {**d, "cycle": np.full(n, g.cycle), "rgt": np.full(n, g.rgt)}.items():
+                parts.setdefault(var, []).append(arr)
+    return {var: np.concatenate(arrs) for var, arrs in parts.items()}
 
 
 def test_cycle_start_table():
@@ -479,3 +511,134 @@ def test_no_rows_no_granule(tmp_path):
     # A box north of the Antarctic regions: nothing to write.
     assert generate(tmp_path, SynthConfig(rgts=(1, 2), bbox=(-180, 0, 180, 10))) == []
     assert list(Path(tmp_path).iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# Repeat cycles and the change model
+
+
+def test_repeat_cycles_names_and_times(repeat):
+    cfg, granules = repeat
+    assert {(g.cycle, g.rgt) for g in granules} == {(c, r) for c in REPEAT_CYCLES for r in REPEAT_RGTS}
+    for g in granules:
+        m = NAME_RE.match(g.name)
+        assert (int(m[2]), int(m[3]), int(m[4])) == (g.rgt, g.cycle, 11)
+        begin, end = cycle_bounds(g.cycle)
+        name_time = datetime.strptime(m[1], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        assert begin <= name_time < end
+        times = np.concatenate([d["delta_time"] for d in _read(g).values()])
+        assert begin <= _utc_of(times.min()) and _utc_of(times.max()) < end
+        # the pass is at the same point of the orbit in every cycle: same offset from the cycle start
+        u0, _ = region_u_bounds(11)
+        expected_start = cycle_start(g.cycle) + timedelta(seconds=((g.rgt - 1) + u0 / (2 * np.pi)) * T_NODAL)
+        assert abs((name_time - expected_start).total_seconds()) < 1.0
+
+
+def test_repeat_passes_are_offset_across_track(repeat):
+    _, granules = repeat
+    by_key = {(g.cycle, g.rgt): _read(g) for g in granules}
+    shifts = {}
+    for rgt in REPEAT_RGTS:
+        ref = by_key[22, rgt]
+        for cycle in REPEAT_CYCLES[:-1]:
+            other = by_key[cycle, rgt]
+            per_beam = []
+            for beam in set(ref) & set(other):
+                a, b = ref[beam], other[beam]
+                _, ia, ib = np.intersect1d(a["segment_id"], b["segment_id"], return_indices=True)
+                if len(ia) < 20:
+                    continue
+                dist = _haversine(a["latitude"][ia], a["longitude"][ia], b["latitude"][ib], b["longitude"][ib])
+                assert dist.std() < 0.05  # one rigid shift across track, not a scatter of rows
+                per_beam.append(np.median(dist))
+            assert per_beam
+            assert np.ptp(per_beam) < 0.05  # the same shift for every beam of the pass
+            shifts[cycle, rgt] = per_beam[0]
+            # the same segment is the same point along track: the shift is across track, as modelled
+            expected = abs(pass_offset_m(5, cycle, rgt) - pass_offset_m(5, 22, rgt))
+            assert per_beam[0] == pytest.approx(expected, abs=0.05)
+    values = np.array(list(shifts.values()))
+    assert values.max() <= PASS_OFFSET_MAX_M + 0.05  # cycle 22 flies the nominal track, others <= 60 m off
+    assert 5.0 < np.median(values) and values.max() > 30.0  # tens of metres
+    assert len(np.unique(np.round(values, 3))) == len(values)  # different for every cycle and RGT
+    assert pass_offset_m(5, 22, 28) == 0.0  # cycle 22 flies the nominal RGT
+    draws = np.array([pass_offset_m(5, c, r) for c in range(1, 31) if c != 22 for r in range(1, 60)])
+    assert np.abs(draws).max() <= PASS_OFFSET_MAX_M and 18.0 < draws.std() < 30.0 and abs(draws.mean()) < 5.0
+
+
+def test_heights_are_truth_plus_noise(repeat):
+    cfg, granules = repeat
+    r = _rows(granules)
+    ok = (r["atl06_quality_summary"] == 0) & (r["h_li"] < FILL_THRESHOLD)
+    assert ok.sum() > 30000
+    truth = true_height(r["latitude"][ok], r["longitude"][ok], r["delta_time"][ok], seed=cfg.seed)
+    res = r["h_li"][ok].astype(np.float64) - truth
+    z = res / r["h_li_sigma"][ok].astype(np.float64)
+    assert abs(res.mean()) < 0.003
+    assert 0.95 < z.std() < 1.05 and abs(z.mean()) < 0.03 and np.abs(z).max() < 7
+    # flagged rows carry extra error: far from the truth in units of their sigma
+    bad = (r["atl06_quality_summary"] == 1) & (r["h_li"] < FILL_THRESHOLD)
+    zb = (r["h_li"][bad] - true_height(r["latitude"][bad], r["longitude"][bad], r["delta_time"][bad],
+                                       seed=cfg.seed)) / r["h_li_sigma"][bad]
+    assert np.abs(zb).mean() > 3 * np.abs(z).mean()
+    # another seed's surface is another surface: the truth really depends on the seed
+    other = true_height(r["latitude"][ok], r["longitude"][ok], r["delta_time"][ok], seed=cfg.seed + 1)
+    assert np.abs(r["h_li"][ok] - other).mean() > 1.0
+
+
+def test_plane_fit_recovers_dhdt(repeat):
+    _, granules = repeat
+    r = _rows(granules)
+    ok = (r["atl06_quality_summary"] == 0) & (r["h_li"] < FILL_THRESHOLD)
+    lat, lon = r["latitude"][ok], r["longitude"][ok]
+    h, t, cyc = r["h_li"][ok].astype(np.float64), r["delta_time"][ok], r["cycle"][ok]
+    x, y = TO_3031.transform(lon, lat)
+    x, y = np.asarray(x), np.asarray(y)
+    # 3 km square areas; fit h = a + b x + c y + dhdt (t - t0) by least squares in each
+    area = (np.floor(x / 3000.0).astype(np.int64) * 100003 + np.floor(y / 3000.0).astype(np.int64))
+    fitted, expected = [], []
+    for key in np.unique(area):
+        m = area == key
+        if m.sum() < 200 or len(np.unique(cyc[m])) < len(REPEAT_CYCLES):
+            continue
+        xm, ym = x[m] - x[m].mean(), y[m] - y[m].mean()
+        tm = (t[m] - t[m].mean()) / YEAR_S
+        design = np.column_stack([np.ones(m.sum()), xm, ym, tm])
+        coef, *_ = np.linalg.lstsq(design, h[m], rcond=None)
+        fitted.append(coef[3])
+        expected.append(true_dhdt(lat[m], lon[m]).mean())
+    fitted, expected = np.array(fitted), np.array(expected)
+    assert len(fitted) >= 15
+    assert expected.min() < -1.5 and np.ptp(expected) > 0.3  # the box is on the flank of the outlet lobe
+    err = fitted - expected
+    assert np.median(np.abs(err)) < 0.02 and np.abs(err).max() < 0.05  # measured: 0.003 and 0.007 m/yr
+    assert np.corrcoef(fitted, expected)[0, 1] > 0.9  # the recovered map has the imposed structure
+
+
+def test_true_dhdt_field():
+    lat, lon = np.meshgrid(np.linspace(-88.0, -60.0, 141), np.linspace(-180.0, 180.0, 361))
+    d = true_dhdt(lat, lon)
+    assert d.shape == lat.shape
+    assert -3.5 < d.min() < -2.5 and 0.05 < d.max() <= 0.25  # realistic magnitudes
+    # several m/yr of thinning at the coast fading inland
+    assert true_dhdt(-68.0, -110.0) < -2.0 and abs(true_dhdt(-80.0, -110.0)) < 0.6
+    far = np.arange(-180.0, 180.0, 10.0)
+    far = far[np.abs(far - 90.0) > 30]  # away from the outlet lobe
+    assert np.all(np.abs(true_dhdt(np.full(len(far), -87.0), far)) < 0.2)
+    # structure inside the demo box, where the coastal term is small
+    lon_min, lat_min, lon_max, lat_max = DEMO_BBOX
+    la, lo = np.meshgrid(np.linspace(lat_min, lat_max, 51), np.linspace(lon_min, lon_max, 41))
+    demo = true_dhdt(la, lo)
+    assert np.ptp(demo) >= 1.0 and demo.min() < -2.0 and demo.max() > 0.0
+    # smooth: neighbouring points 1 km apart differ by little
+    step = np.abs(np.diff(demo, axis=1)).max()  # grid step 0.1 deg of latitude = 11 km
+    assert step < 0.3
+    # seasonal term: zero at T_REF, amplitude SEASONAL_AMPLITUDE_M, period one year
+    tt = T_REF + np.linspace(0, YEAR_S, 1001)
+    s = seasonal_height(tt)
+    assert s[0] == 0.0 and s.max() == pytest.approx(SEASONAL_AMPLITUDE_M, rel=1e-4)
+    assert s[-1] == pytest.approx(0.0, abs=1e-9)
+    # the truth: change from T_REF is the trend plus the seasonal term
+    h0 = true_height(-85.5, 90.0, T_REF, seed=1)
+    h1 = true_height(-85.5, 90.0, T_REF + 2 * YEAR_S, seed=1)
+    assert h1 - h0 == pytest.approx(2 * true_dhdt(-85.5, 90.0), abs=1e-6)

@@ -7,6 +7,11 @@ weak beams, all written with the storage layout of real v006 granules. Everythin
 and beam. One or more cycles are simulated: every cycle flies the same RGTs over the same regions, each granule
 named with its own cycle and timed from that cycle's start (``cycles.cycle_start``).
 
+Change model: heights vary in time as ``true_height(lat, lon, t) = static surface + true_dhdt(lat, lon) *
+(t - T_REF) / YEAR_S + seasonal_height(t)`` (T_REF = start of cycle 22; see those functions), and each
+(cycle, RGT) pass flies ``pass_offset_m`` (tens of metres) across track from the nominal RGT (cycle 22 flies the
+nominal RGT), so repeat tracks scatter as real ones do. The noise model adds to the true height.
+
 Randomness: per-granule choices (weak-beam dropout, cloud runs) come from a generator seeded by
 (seed, cycle, rgt, region), the orientation from (seed, cycle, rgt); per-row values come from a counter-based
 hash of (granule key, beam, segment number). A bounding-box subset therefore holds exactly the rows the full
@@ -15,6 +20,7 @@ granule has at those segments, and changing the RGT list or the box never change
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -44,18 +50,45 @@ from polaragg.products.atl06 import (
 
 __all__ = [
     "MODEL_VERSION",
+    "PASS_OFFSET_MAX_M",
+    "PASS_OFFSET_SD_M",
+    "REF_CYCLE",
+    "SEASONAL_AMPLITUDE_M",
+    "SEASONAL_PHASE_RAD",
+    "T_REF",
+    "YEAR_S",
     "SynthConfig",
     "SynthGranule",
     "cycle_start",
     "delta_time_of",
     "generate",
     "granule_name",
+    "pass_offset_m",
     "region_u_bounds",
+    "seasonal_height",
+    "true_dhdt",
+    "true_height",
 ]
 
 # Version of the simulated model: bump whenever the same config would write different granules, so caches
 # of generated data (sources.synthetic_folder) are not reused across models.
-MODEL_VERSION = 1
+MODEL_VERSION = 2  # 1: static surface, one track per RGT; 2: + elevation change and repeat-pass offsets
+
+# Change model (see true_dhdt, true_height, pass_offset_m). REF_CYCLE's start is T_REF, where the static
+# surface holds, and its passes fly the nominal RGTs.
+REF_CYCLE = 22
+T_REF = delta_time_of(cycle_start(REF_CYCLE))  # 188,169,300 s: 2023-12-18T21:15:00Z
+YEAR_S = 365.25 * 86400.0  # the year of dh/dt and of the seasonal term
+SEASONAL_AMPLITUDE_M = 0.10
+SEASONAL_PHASE_RAD = 0.0  # seasonal term zero (and rising) at T_REF
+DHDT_COAST = -3.0  # m/yr at the margin where the coastal term peaks
+COAST_MAX_LON = -110.0  # degrees: the Amundsen sector
+DHDT_OUTLET = -2.5  # m/yr at the centre of the outlet lobe
+OUTLET_LATLON = (-85.5, 90.0)
+OUTLET_SIGMA_M = (120e3, 45e3)  # along the meridian, across it
+DHDT_INLAND = 0.18  # m/yr at the pole
+PASS_OFFSET_SD_M = 25.0
+PASS_OFFSET_MAX_M = 60.0
 
 # Orbit model (see reference/atl06.md).
 EARTH_RADIUS_M = 6371000.0
@@ -412,6 +445,92 @@ class _Surface:
         return h, coastal
 
 
+@functools.lru_cache(maxsize=8)
+def _surface_of(seed: int) -> _Surface:
+    return _Surface.from_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Change model: elevation change in time, the same for every seed
+
+
+def true_dhdt(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
+    """Imposed rate of elevation change (m/yr) at each point; the same for every seed.
+
+    With colat = 90 + lat (degrees from the south pole) and (x, y) = rho (sin lon, cos lon),
+    rho = R colat (azimuthal equidistant about the pole), the sum of three smooth terms:
+
+    - coastal thinning ``DHDT_COAST * (0.6 + 0.4 cos(lon - COAST_MAX_LON)) * (1 - exp(-(colat / 15)^4))``:
+      -3.0 m/yr at the margin of the Amundsen sector (lon 110W), -0.6 m/yr on the opposite coast (70E),
+      fading inland (0.18 of that at 80S, 0.05 at 83S);
+    - an "outlet" lobe ``DHDT_OUTLET * exp(-a^2 / 2 sa^2 - b^2 / 2 sb^2)`` centred at OUTLET_LATLON (85.5S, 90E,
+      inside the demo box), with a along the meridian (sa = 120 km) and b across it (sb = 45 km);
+    - weak inland thickening ``DHDT_INLAND * exp(-(colat / 12)^2)`` (+0.18 m/yr at the pole).
+
+    Range over the ice sheet about -3.0 .. +0.175 m/yr; inside the demo box (70E-110E, 83S-88S) about
+    -2.35 .. +0.15 m/yr.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    colat = 90.0 + lat
+    lon_r = np.radians(lon)
+    coast = (0.6 + 0.4 * np.cos(lon_r - math.radians(COAST_MAX_LON))) * -np.expm1(-((colat / 15.0) ** 4))
+    rho = EARTH_RADIUS_M * np.radians(colat)
+    x, y = rho * np.sin(lon_r), rho * np.cos(lon_r)
+    c_lat, c_lon = OUTLET_LATLON
+    c_rho = EARTH_RADIUS_M * math.radians(90.0 + c_lat)
+    er = (math.sin(math.radians(c_lon)), math.cos(math.radians(c_lon)))  # along the meridian, seaward
+    dx, dy = x - c_rho * er[0], y - c_rho * er[1]
+    a = dx * er[0] + dy * er[1]
+    b = dx * er[1] - dy * er[0]
+    outlet = np.exp(-0.5 * (a / OUTLET_SIGMA_M[0]) ** 2 - 0.5 * (b / OUTLET_SIGMA_M[1]) ** 2)
+    inland = np.exp(-((colat / 12.0) ** 2))
+    return DHDT_COAST * coast + DHDT_OUTLET * outlet + DHDT_INLAND * inland
+
+
+def seasonal_height(delta_time: np.ndarray | float) -> np.ndarray:
+    """Seasonal height anomaly (m): ``SEASONAL_AMPLITUDE_M * sin(2 pi (t - T_REF) / YEAR_S + SEASONAL_PHASE_RAD)``.
+
+    The same everywhere; zero at T_REF (the phase is 0).
+    """
+    t = np.asarray(delta_time, dtype=np.float64)
+    return SEASONAL_AMPLITUDE_M * np.sin(2.0 * np.pi * (t - T_REF) / YEAR_S + SEASONAL_PHASE_RAD)
+
+
+def _change(lat: np.ndarray, lon: np.ndarray, delta_time: np.ndarray) -> np.ndarray:
+    """Height change from T_REF to ``delta_time`` (m): the trend plus the seasonal term."""
+    return true_dhdt(lat, lon) * ((delta_time - T_REF) / YEAR_S) + seasonal_height(delta_time)
+
+
+def true_height(
+    lat: np.ndarray | float, lon: np.ndarray | float, delta_time: np.ndarray | float, *, seed: int
+) -> np.ndarray:
+    """Noise-free surface height (m) at each point and ATL06 delta_time, for the generator's ``seed``.
+
+    ``h = static(lat, lon) + true_dhdt(lat, lon) * (t - T_REF) / YEAR_S + seasonal_height(t)``: the static
+    surface (depending on the seed) is the surface at T_REF. A written ``h_li`` is this plus the noise model.
+    """
+    lat, lon, t = np.broadcast_arrays(
+        np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64),
+        np.asarray(delta_time, dtype=np.float64),
+    )
+    static, _ = _surface_of(int(seed)).height(lat, lon)
+    return static + _change(lat, lon, t)
+
+
+def pass_offset_m(seed: int, cycle: int, rgt: int) -> float:
+    """Across-track shift (m, positive left of the direction of flight) of the pass of ``rgt`` in ``cycle``.
+
+    All beams and all regions of the pass share it. The nominal RGT of this simulator is the track flown in
+    REF_CYCLE (shift 0); other cycles are shifted by a normal draw of sd PASS_OFFSET_SD_M clipped to
+    +-PASS_OFFSET_MAX_M, a function of (seed, cycle, rgt) only.
+    """
+    if cycle == REF_CYCLE:
+        return 0.0
+    z = np.random.default_rng(np.random.SeedSequence([seed, cycle, rgt, 0x0FF5E7])).standard_normal()
+    return float(np.clip(PASS_OFFSET_SD_M * z, -PASS_OFFSET_MAX_M, PASS_OFFSET_MAX_M))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Generation
 
@@ -489,7 +608,9 @@ def _beam_rows(
     """All land-ice-segment variables of one beam for the given rows."""
     strong = is_strong(beam, plan.sc_orient)
     k_sig, k_flag, k_geo, _ = _keys(config.seed, plan.cycle, plan.rgt, plan.region, BEAMS.index(beam))
+    delta_time = t_base + _time_offset_s(plan.rgt, j * DU)
     h, coastal = surface.height(lat, lon)
+    h = h + _change(lat, lon, delta_time)
     z_sig, z_h = _normal_pair(j, k_sig)
     u_flag, u_fill = _uniform_pair(j, k_flag)
     u_geo, u_extra = _uniform_pair(j, k_geo)
@@ -504,7 +625,6 @@ def _beam_rows(
     sigma32 = np.where(fill, fill_f32, sigma).astype(np.float32)
     quality = (flagged | fill).astype(np.int8)
     sigma_geo = (0.03 + 0.07 * u_geo * (0.5 + 0.5 * coastal)).astype(np.float32)
-    delta_time = t_base + _time_offset_s(plan.rgt, j * DU)
     return {
         "latitude": lat,
         "longitude": lon,
@@ -712,9 +832,10 @@ def _compute(config: SynthConfig, cycle: int, rgt: int, region: int, surface: _S
     p, t = _track(j * DU, rgt)
     nrm = _cross(p, t)
     del t
+    shift = pass_offset_m(config.seed, cycle, rgt)
     beam_data: dict[str, dict[str, np.ndarray]] = {}
     for beam in plan.beams:
-        lat, lon = _offset_latlon(p, nrm, BEAM_OFFSETS_M[beam])
+        lat, lon = _offset_latlon(p, nrm, BEAM_OFFSETS_M[beam] + shift)
         if config.bbox is not None:
             inside = _in_bbox(lat, lon, config.bbox)
             if not inside.any():
@@ -753,7 +874,7 @@ def generate(out_dir: Path | str, config: SynthConfig) -> list[SynthGranule]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    surface = _Surface.from_seed(config.seed)
+    surface = _surface_of(config.seed)
     rgts: Iterable[int] = config.rgts or range(1, N_RGT + 1)
     jobs = [
         (cycle, rgt, region)
