@@ -248,7 +248,7 @@ def test_shift_origin_then_merge_children_equals_moments_in_the_parent_frame():
 
 def brute_force(obs: Obs, cell: int) -> dict[str, np.ndarray | float]:
     """Weighted least squares of one cell from its raw rows: lstsq on sqrt(w)-scaled [1, x, y, t], the
-    covariance from the SVD of that design, scaled by max(1, s^2). Heights are taken relative to one of
+    covariance from the SVD of that design, scaled by max(1, s^2, the bins' own regression scale). Heights are taken relative to one of
     them (added back to a) so that lstsq's own rounding on ~3000 m stays below the 1e-6-of-sigma test."""
     r = obs.cell == cell
     A = np.column_stack([np.ones(r.sum()), obs.x[r], obs.y[r], obs.t[r]])
@@ -259,7 +259,19 @@ def brute_force(obs: Obs, cell: int) -> dict[str, np.ndarray | float]:
     theta[0] += h_ref
     rss = float((obs.w[r] * resid**2).sum())
     _, S, Vt = np.linalg.svd(A * sw[:, None], full_matrices=False)
-    cov = (Vt.T / S**2) @ Vt * max(1.0, rss / (r.sum() - 4))
+    formal = (Vt.T / S**2) @ Vt
+    # Bin level: each bin's weighted mean residual as one sample of a regression on the bins' mean times.
+    bins = np.unique(obs.bin[r])
+    r_k, t_k = [], []
+    for k in bins:
+        kk = obs.bin[r] == k
+        wk = obs.w[r][kk]
+        r_k.append((wk * resid[kk]).sum() / wk.sum())
+        t_k.append((wk * obs.t[r][kk]).sum() / wk.sum())
+    r_k, t_k = np.array(r_k), np.array(t_k)
+    s_bins = (r_k**2).sum() / (bins.size - 2) / ((t_k - t_k.mean()) ** 2).sum() / formal[3, 3] if bins.size > 2 else 0
+    scale2 = max(1.0, rss / (r.sum() - 4), s_bins)
+    cov = formal * scale2
     plane = obs.h[r] - A[:, :3] @ theta[:3]  # residual about the plane at t0
     dh = np.full(obs.n_bins, np.nan)
     dh_sigma = np.full(obs.n_bins, np.nan)
@@ -268,7 +280,7 @@ def brute_force(obs: Obs, cell: int) -> dict[str, np.ndarray | float]:
         wk = obs.w[r][kk]
         dh[k] = (wk * plane[kk]).sum() / wk.sum()
         g = np.array([1.0, (wk * obs.x[r][kk]).sum() / wk.sum(), (wk * obs.y[r][kk]).sum() / wk.sum(), 0.0])
-        dh_sigma[k] = np.sqrt(max(1.0, rss / (r.sum() - 4)) / wk.sum() + g @ cov @ g)
+        dh_sigma[k] = np.sqrt(scale2 / wk.sum() + g @ cov @ g)
     return {
         "h0": theta[0], "slope_x": theta[1], "slope_y": theta[2], "dhdt": theta[3],
         "h0_sigma": np.sqrt(cov[0, 0]), "dhdt_sigma": np.sqrt(cov[3, 3]),

@@ -5,7 +5,7 @@ import healpix_geo.nested as hpn
 import numpy as np
 import pytest
 
-from polaragg.aggregate import PartitionJob, TaskLayout, index_row, partition_granule, reduce_task
+from polaragg.aggregate import PartitionJob, ReduceJob, TaskLayout, index_row, partition_granule, reduce_task
 from polaragg.domain import Filters, GranuleRef
 from polaragg.grid import Grid
 from polaragg.intermediate import Location
@@ -36,7 +36,8 @@ def aggregate_parent(parent: int, refs: list[GranuleRef], work, reader: str = "h
     job = PartitionJob(TaskLayout(np.array([parent], np.uint64), 1, GRID), location, "test", reader, filters)
     records = [partition_granule(r, job) for r in refs]
     entries = np.array([index_row(r, (0,))[0] for r in records])
-    result = reduce_task(entries, tuple(refs), tuple(range(len(refs))), location, GRID.children_per_parent)
+    job = ReduceJob(location, GRID.children_per_parent, GRID.child_order)
+    result = reduce_task(entries, tuple(refs), tuple(range(len(refs))), job, parent << GRID.shift)
     return records, result
 
 

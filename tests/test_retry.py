@@ -133,7 +133,7 @@ def reads(monkeypatch):
     """Granule reads replaced by a scripted sequence of outcomes; backoff sleeps recorded, not slept."""
     state = {"script": [], "reads": 0, "slept": [], "policies": []}
 
-    def read_granule(ref, job):
+    def read_granule(ref, job, granule_bin):
         state["reads"] += 1
         outcome = state["script"].pop(0) if state["script"] else None
         if outcome is not None:

@@ -21,12 +21,16 @@ import numpy as np
 from .domain import Filters, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
-from .intermediate import MAX_SEGMENT_ROWS, GranuleRecord, Location, row_dtype, source_stamp
+from .intermediate import MAX_SEGMENT_ROWS, GranuleRecord, Location, row_columns, row_dtype, source_stamp
 from .memory import peak_bytes, reset_peak
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
-from .stats import grouped_stats
+from .change import MOMENT_NAMES, fit_change, group_moments
+from .projection import cell_centres_xy, polar_stereographic
+from .schema import MOMENT_VARIABLES, OutputSchema
+from .stats import STATS, grouped_stats
+from .timebins import NO_BIN, TimeBins
 
 COLUMNS: tuple[str, ...] = atl06.COORDINATES + atl06.PAYLOAD
 
@@ -100,9 +104,12 @@ class PartitionJob:
     filters: Filters = Filters()
     storage_options: dict | None = field(default=None, repr=False)
     retry: RetryPolicy = RetryPolicy()
+    bins: TimeBins = TimeBins("edges", (-1e300,), (1e300,), ("all",))
+    hemisphere: str = "south"  # of the polar stereographic x, y the change fit uses
 
 
-def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int = 0) -> GranuleRecord:
+def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int = 0,
+                      granule_bin: int = NO_BIN) -> GranuleRecord:
     """The granule's record, reusing one made for the same key; otherwise read, partition and write it.
 
     Transient read failures are retried under the job's policy; `EndpointUnreachable` propagates
@@ -119,7 +126,7 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
         for trial in retrying(job.retry, _transient_read):
             with trial:
                 attempt = trial.retry_state.attempt_number
-                counts, rows, segments = _partition(ref, job)
+                counts, rows, segments = _partition(ref, job, granule_bin)
     except EndpointUnreachable:
         raise
     except GranuleError as exc:
@@ -167,10 +174,15 @@ def _transient_read(exc: BaseException) -> bool:
     return isinstance(exc, GranuleError) and exc.transient
 
 
-def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.ndarray], list[list[int]]]:
-    """Counts, the kept rows grouped by task (beam then row order within a task), and segments."""
-    layout, quality_max = job.layout, job.filters.quality_max
-    beams: list[tuple[np.ndarray, ...]] = []  # kept rows of each beam in the plan: t, h, sigma, local cell
+def _partition(ref: GranuleRef, job: PartitionJob, granule_bin: int
+               ) -> tuple[dict, dict[str, np.ndarray], list[list[int]]]:
+    """Counts, the kept rows grouped by task (beam then row order within a task), and segments.
+
+    Rows outside every time bin (or the date window) count as outside the plan, like rows outside
+    its cells."""
+    layout, quality_max, bins = job.layout, job.filters.quality_max, job.bins
+    columns = row_columns(layout.chunk_cells, bins.fit)
+    beams: list[tuple[np.ndarray, ...]] = []  # kept rows of each beam in the plan, in `columns` order
     runs: list[tuple[int, int, int, int]] = []  # (task, beam, first, stop) into those rows
     counts = {"rows": 0, "rows_invalid": 0, "rows_filtered": 0, "rows_outside": 0}
     with open_granule(ref.url, job.reader, job.storage_options) as granule:
@@ -190,6 +202,10 @@ def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.n
             counts["rows"] += int(lat.size)
             counts["rows_invalid"] += int(lat.size) - n_valid
             counts["rows_filtered"] += n_valid - int(idx.size)
+            row_bin = bins.row_bins(t[idx], granule_bin)
+            if (row_bin == NO_BIN).any():
+                counts["rows_outside"] += int(np.count_nonzero(row_bin == NO_BIN))
+                idx, row_bin = idx[row_bin != NO_BIN], row_bin[row_bin != NO_BIN]
             if idx.size == 0:
                 continue
             cells = cells_of_points(lon[idx], lat[idx], layout.grid.child_order, num_threads=1)
@@ -198,15 +214,16 @@ def _partition(ref: GranuleRef, job: PartitionJob) -> tuple[dict, dict[str, np.n
             if (task < 0).all():
                 continue
             k = len(beams)
-            beams.append((t[idx], h[idx], sigma[idx], layout.local_cells(cells)))
+            kept = [t[idx], h[idx], sigma[idx], layout.local_cells(cells), row_bin.astype(np.uint16)]
+            if bins.fit:
+                kept += list(polar_stereographic(lon[idx], lat[idx], job.hemisphere))
+            beams.append(tuple(kept))
             runs += [(tk, k, a, b) for tk, a, b in zip(task.tolist(), first.tolist(), stop.tolist()) if tk >= 0]
-    names = ("t", "h", "sigma", "cell")
-    dtypes = ("<f8", "<f4", "<f4", row_dtype(layout.chunk_cells))  # as the product stores them (atl06.VARIABLES)
     if not runs:
-        return counts, {n: np.empty(0, dt) for n, dt in zip(names, dtypes)}, []
+        return counts, {n: np.empty(0, dt) for n, dt in columns}, []
     runs.sort(key=lambda r: r[0])  # stable: beam then row order within a task
     rows = {n: np.concatenate([beams[k][c][a:b] for _, k, a, b in runs]).astype(dt, copy=False)
-            for c, (n, dt) in enumerate(zip(names, dtypes))}
+            for c, (n, dt) in enumerate(columns)}
     task = np.fromiter((r[0] for r in runs), np.int64, len(runs))
     length = np.fromiter((r[3] - r[2] for r in runs), np.int64, len(runs))
     start = np.concatenate(([0], np.cumsum(length)[:-1]))
@@ -234,9 +251,22 @@ class TaskResult:
     cpu_seconds: float
 
 
+@dataclass(frozen=True)
+class ReduceJob:
+    """What the cell stage needs besides its index entries: where rows are and what to make of them."""
+
+    location: Location
+    chunk_cells: int
+    child_order: int
+    schema: OutputSchema = OutputSchema()
+    bins: TimeBins = PartitionJob.bins
+    hemisphere: str = "south"
+
+
 def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: tuple[int, ...],
-                location: Location, chunk_cells: int) -> TaskResult:
-    """The block of one task from its index entries (one per granule of the plan, plan order).
+                job: ReduceJob, first_cell: int) -> TaskResult:
+    """The block of one task (cells `first_cell` + 0..chunk_cells-1) from its index entries (one per
+    granule of the plan, plan order).
 
     Segments are concatenated with the task's listed granules first, in listing order, then the
     rest in plan order: the order a footprint-true read would see them, so sums are reproducible.
@@ -249,20 +279,49 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     rank = np.full(entries.size, len(listed), np.int64) + np.arange(entries.size)
     rank[np.asarray(listed, np.int64)] = np.arange(len(listed))
     has = has[np.argsort(rank[has], kind="stable")]
-    parts = [location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), chunk_cells) for g in has]
-    if parts:
-        cols = {name: np.concatenate([p[name] for p in parts]) for name in ("t", "h", "sigma", "cell")}
-        block = grouped_stats(cols["cell"].astype(np.intp), cols["h"], cols["sigma"], cols["t"], chunk_cells)
-        n_obs = int(cols["cell"].size)
-    else:
-        block = grouped_stats(np.empty(0, np.intp), np.empty(0), np.empty(0), np.empty(0), chunk_cells)
-        n_obs = 0
+    columns = row_columns(job.chunk_cells, job.bins.fit)
+    parts = [job.location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), columns) for g in has]
+    cols = {name: (np.concatenate([p[name] for p in parts]) if parts else np.empty(0, dtype))
+            for name, dtype in columns}
+    block = task_block(cols, job, first_cell)
     listed_set = set(listed)
     return TaskResult(
         block=block,
-        observations=n_obs,
+        observations=int(cols["cell"].size),
         granules_with_rows=tuple(granules[g].granule_id for g in has),
         failed=tuple(granules[g].granule_id for g in failed if int(g) in listed_set),
         seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu,
     )
+
+
+def task_block(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int) -> np.ndarray:
+    """The (cells x schema columns) block of a task's rows: statistics per (bin, cell), then the fit."""
+    schema, chunk = job.schema, job.chunk_cells
+    n_groups = schema.n_bins * chunk
+    group = cols["bin"].astype(np.intp) * chunk + cols["cell"].astype(np.intp)
+    stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(schema.n_bins, chunk, -1)
+    block = np.empty((chunk, schema.n_columns))
+    for k, spec in enumerate(STATS):
+        block[:, schema.columns(spec.name)] = stats[:, :, k].T
+    if schema.fit:
+        cell = cols["cell"].astype(np.intp)
+        cx, cy = cell_centres_xy(np.uint64(first_cell) + np.arange(chunk, dtype=np.uint64), job.child_order,
+                                 job.hemisphere, num_threads=1)
+        h = cols["h"].astype(np.float64)
+        w = 1.0 / np.square(cols["sigma"].astype(np.float64))
+        m = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell], job.bins.years(cols["t"]),
+                          h).reshape(schema.n_bins, chunk, -1)
+        counts = stats[:, :, 0]
+        fit = fit_change(m, counts, min_bins=job.bins.min_bins)
+        for j, key in enumerate(MOMENT_NAMES):
+            name = MOMENT_VARIABLES[key]
+            if name not in ("sum_w", "h_mean"):  # the statistics already hold these
+                block[:, schema.columns(name)] = m[:, :, j].T
+        block[:, schema.columns("dh")] = fit.dh.T
+        block[:, schema.columns("dh_sigma")] = fit.dh_sigma.T
+        for name, values in (("dhdt", fit.dhdt), ("dhdt_sigma", fit.dhdt_sigma), ("h_fit", fit.h0),
+                             ("slope_x", fit.slope_x), ("slope_y", fit.slope_y), ("h_rms", fit.h_rms),
+                             ("fit_bins", fit.n_bins), ("fit_status", fit.status)):
+            block[:, schema.columns(name)] = np.asarray(values, np.float64)[:, None]
+    return block

@@ -10,6 +10,8 @@ cannot be used at all. Those are skipped and listed on the catalog, never fatal;
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import re
@@ -165,6 +167,24 @@ class Catalog:
                                  "expected_rows": np.empty(0)})
         return pd.DataFrame({"cell": np.concatenate(cells), "row": np.concatenate(rows),
                              "expected_rows": np.concatenate(expected)})
+
+    def time_spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each granule's cycle and [begin, end] as ATL06 delta_time (UTC seconds since 2018-01-01)."""
+        g = self.granules
+        epoch = pd.Timestamp("2018-01-01", tz="UTC")
+
+        def seconds(col: pd.Series) -> np.ndarray:
+            when = pd.to_datetime(col, utc=True, errors="coerce", format="ISO8601")
+            return ((when - epoch) / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64, na_value=np.nan)
+
+        return g.cycle.to_numpy(dtype=np.int64), seconds(g.begin), seconds(g.end)
+
+    def select(self, keep: np.ndarray) -> "Catalog":
+        """The catalog of the granules where `keep` is True (the same parents and notes)."""
+        keep = np.asarray(keep, bool)
+        if keep.all():
+            return self
+        return dataclasses.replace(self, granules=self.granules[keep].reset_index(drop=True))
 
     def granule_refs(self, rows: np.ndarray) -> tuple[GranuleRef, ...]:
         """References of the granules at the given catalog rows, in catalog order."""

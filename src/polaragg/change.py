@@ -174,8 +174,13 @@ def fit_change(m: np.ndarray, counts: np.ndarray, *, min_bins: int = 3, min_spre
     m is (n_bins, n_cells, 15), counts (n_bins, n_cells) the observations of each block. A cell's
     blocks are merged over all bins and the fit solved from the merged central moments: with C the
     3x3 co-moments of (x, y, t) and c_h = (xh, yh, th), (b, c, dhdt) = C^-1 c_h and
-    RSS_w = hh - c_h . C^-1 c_h. Errors are formal errors scaled by the residual where that is larger:
-    s^2 = RSS_w / (n - 4), scale = max(1, s), Cov(b, c, dhdt) = scale^2 C^-1. a = h_mean - b x_mean -
+    RSS_w = hh - c_h . C^-1 c_h. Errors are formal errors scaled by the residual where that is larger,
+    at two levels. Observations: s^2 = RSS_w / (n - 4). Bins: observations of one pass share errors
+    (a seasonal signal, a surface the plane does not follow, different across-track positions from
+    pass to pass), so each bin's mean residual r_k about the fitted model is treated as one sample:
+    the regression of the bins alone would give dhdt a variance of sum r_k^2 / (n_bins - 2) /
+    sum (t_k - mean t_k)^2 (unweighted over bins), and s_b^2 is the scale that makes the formal error
+    equal it. scale^2 = max(1, s^2, s_b^2), Cov(b, c, dhdt) = scale^2 C^-1. a = h_mean - b x_mean -
     c y_mean - dhdt t_mean, with Var(a) = scale^2 / W + mu^T Cov mu (mu = the mean x, y, t).
 
     The residual scaling is exact when the unmodelled noise is proportional to h_li_sigma. Roughness of
@@ -261,15 +266,27 @@ def fit_change(m: np.ndarray, counts: np.ndarray, *, min_bins: int = 3, min_spre
     C_inv = R_inv * d[:, :, None] * d[:, None, :]
     beta = np.einsum("kij,kj->ki", C_inv, c_h[idx])  # b, c, dhdt
     rss = np.maximum(cell[idx, 14] - np.einsum("ki,ki->k", c_h[idx], beta), 0.0)
-    scale2 = np.maximum(1.0, rss / (n[idx] - 4))
-    cov = scale2[:, None, None] * C_inv
     mu = cell[idx, 1:4]  # mean x, y, t
     a = cell[idx, 4] - np.einsum("ki,ki->k", beta, mu)
+    # Bin level: r_k, the weighted mean residual of bin k about the fitted model (at its mean x, y, t).
+    mk = m[:, idx]
+    with np.errstate(invalid="ignore"):
+        r_k = mk[..., 4] - (a + np.einsum("bki,ki->bk", mk[..., 1:4], beta))
+    has = has_k[:, idx]
+    r_k = np.where(has, r_k, 0.0)
+    tb = np.where(has, mk[..., 3], 0.0)
+    tb_mean = tb.sum(axis=0) / nb[idx]
+    sxx_bins = np.where(has, np.square(tb - tb_mean), 0.0).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var_bins = np.where(nb[idx] > 2, np.square(r_k).sum(axis=0) / (nb[idx] - 2), 0.0)
+        # The error scale that would make dhdt's formal error equal the bins' own regression error.
+        scale2_bins = np.where(sxx_bins > 0, var_bins / sxx_bins / C_inv[:, 2, 2], 0.0)
+    scale2 = np.maximum(np.maximum(1.0, rss / (n[idx] - 4)), scale2_bins)
+    cov = scale2[:, None, None] * C_inv
     var_a = scale2 / W[idx] + np.einsum("ki,kij,kj->k", mu, cov, mu)
 
     # The plane at bin k's mean position at t0: a + b x_k + c y_k = h_mean - beta . v, with
     # v = (x_mean - x_k, y_mean - y_k, t_mean); h_mean is uncorrelated with beta, hence the variance.
-    mk = m[:, idx]
     v = mu[None, :, :] - np.concatenate([mk[..., 1:3], np.zeros(mk.shape[:2] + (1,))], axis=-1)
     surface = cell[idx, 4] - np.einsum("bki,ki->bk", v, beta)
     var_surface = scale2 / W[idx] + np.einsum("bki,kij,bkj->bk", v, cov, v)

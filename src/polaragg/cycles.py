@@ -3,7 +3,7 @@
 Cycles are read from granule names (``..._ttttccnn_...``), never computed from the launch date: the
 repeat is 91 nodal days, which drifts from "launch + 91 days x (c - 1)" by ~18 days by cycle 22. The
 start dates below were derived from real granule names (+-1 min); each cycle ends where the next
-begins, and the last one listed ends one nominal repeat after its start.
+begins; cycles after the table are projected from its last start by whole repeats (`is_projected`).
 
 ATL06 ``delta_time`` is GPS seconds minus ``atlas_sdp_gps_epoch`` (the GPS seconds of 2018-01-01T00:00:00
 UTC). No leap second has been added since 2017 (GPS - UTC = 18 s throughout the mission), so
@@ -18,8 +18,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
-    "CF_TIME_UNITS", "CYCLES", "EPOCH", "GPS_UTC_OFFSET_S", "NOMINAL_REPEAT", "TIME_SCALE_NOTE",
-    "cycle_bounds", "cycle_of_time", "cycle_start", "datetime_of", "delta_time_of",
+    "CF_TIME_UNITS", "CYCLES", "EPOCH", "GPS_UTC_OFFSET_S", "MAX_CYCLE", "NOMINAL_REPEAT", "TIME_SCALE_NOTE",
+    "cycle_bounds", "cycle_of_time", "cycle_start", "datetime_of", "delta_time_of", "is_projected",
 ]
 
 EPOCH = datetime(2018, 1, 1, tzinfo=UTC)  # delta_time 0
@@ -43,26 +43,34 @@ _STARTS: dict[int, tuple[int, int, int, int, int]] = {
     25: (2024, 9, 16, 8, 14), 26: (2024, 12, 16, 3, 54), 27: (2025, 3, 16, 23, 34),
     28: (2025, 6, 15, 19, 14), 29: (2025, 9, 14, 14, 53), 30: (2025, 12, 14, 10, 33),
 }
-CYCLES: tuple[int, ...] = tuple(sorted(_STARTS))
+CYCLES: tuple[int, ...] = tuple(sorted(_STARTS))  # cycles whose start was read off real granule names
+MAX_CYCLE = 99  # two digits in granule names
 
 
 def cycle_start(cycle: int) -> datetime:
-    """UTC start of an ICESat-2 cycle of the table."""
-    if cycle not in _STARTS:
-        raise ValueError(f"cycle must be in {CYCLES[0]}..{CYCLES[-1]} (the cycle table), got {cycle}")
-    return datetime(*_STARTS[cycle], tzinfo=UTC)
+    """UTC start of an ICESat-2 cycle: from the table, or (cycles after it, up to 99) projected from the
+    table's last start by whole repeats (the exact repeat holds to minutes over a few years)."""
+    if not 1 <= cycle <= MAX_CYCLE:
+        raise ValueError(f"cycle must be in 1..{MAX_CYCLE}, got {cycle}")
+    if cycle in _STARTS:
+        return datetime(*_STARTS[cycle], tzinfo=UTC)
+    last = CYCLES[-1]
+    return datetime(*_STARTS[last], tzinfo=UTC) + (cycle - last) * NOMINAL_REPEAT
+
+
+def is_projected(cycle: int) -> bool:
+    """Whether a cycle's dates are projected rather than read off real granule names."""
+    return cycle not in _STARTS
 
 
 def cycle_bounds(cycle: int) -> tuple[datetime, datetime]:
-    """[start, end) of a cycle in UTC: it ends where the next begins (the last one after a nominal repeat)."""
-    start = cycle_start(cycle)
-    end = cycle_start(cycle + 1) if cycle + 1 in _STARTS else start + NOMINAL_REPEAT
-    return start, end
+    """[start, end) of a cycle in UTC: it ends where the next begins."""
+    return cycle_start(cycle), cycle_start(cycle + 1)
 
 
 def cycle_of_time(when: datetime) -> int | None:
     """The cycle of the table whose [start, end) holds a UTC instant, or None."""
-    for c in CYCLES:
+    for c in range(1, MAX_CYCLE + 1):
         start, end = cycle_bounds(c)
         if start <= when < end:
             return c

@@ -1,8 +1,8 @@
 """The partitions between the granule stage and the cell stage, in a folder or prefix next to the store.
 
 The granule stage writes one object per granule, `<granule>.bin`: its observations sorted by task,
-each task's segment its columns one after another (t float64, h float32, sigma float32, local cell
-uint16 or uint32). Then it writes `<granule>.json`, the granule's record: counts, failure, seconds,
+each task's segment its columns one after another (`row_columns`: t float64, h float32, sigma
+float32, local cell uint16 or uint32, time bin uint16, and x, y float64 when the change is fitted). Then it writes `<granule>.json`, the granule's record: counts, failure, seconds,
 peak memory and the (task, first row, rows) of each segment. The cell stage reads one byte range per
 (granule, task). A record names the partition key it was made for (format, layout, grid, filters) and the file it
 was read from (URL, and size and modification time for local files); a record that differs in
@@ -21,7 +21,7 @@ from .fs import fsspec_options, put_whole
 
 MARKER = "_polaragg_intermediate.json"  # written first: marks the folder as polaragg's to delete
 SUFFIX = ".partitions"  # a run's partitions: next to its store (the same folder or bucket)
-PARTITION_FORMAT = 1  # bump when the rows or records change meaning
+PARTITION_FORMAT = 2  # bump when the rows or records change meaning
 MAX_SEGMENT_ROWS = 2**24 - 1  # index entries hold a segment's rows in 24 bits and its first row in 39
 
 
@@ -41,8 +41,16 @@ def row_dtype(chunk_cells: int) -> np.dtype:
     return np.dtype("<u2") if chunk_cells <= 2**16 else np.dtype("<u4")
 
 
-def row_bytes(chunk_cells: int) -> int:
-    return 8 + 4 + 4 + row_dtype(chunk_cells).itemsize
+def row_columns(chunk_cells: int, with_xy: bool = False) -> tuple[tuple[str, np.dtype], ...]:
+    """The columns of a partition row: time, height and sigma as ATL06 stores them, local cell, time
+    bin, and (for the change fit) polar stereographic x, y."""
+    base = (("t", np.dtype("<f8")), ("h", np.dtype("<f4")), ("sigma", np.dtype("<f4")),
+            ("cell", row_dtype(chunk_cells)), ("bin", np.dtype("<u2")))
+    return base + ((("x", np.dtype("<f8")), ("y", np.dtype("<f8"))) if with_xy else ())
+
+
+def row_bytes(columns: tuple[tuple[str, np.dtype], ...]) -> int:
+    return sum(dtype.itemsize for _, dtype in columns)
 
 
 @dataclass(frozen=True)
@@ -129,27 +137,27 @@ class Location:
             return None
         return record
 
-    def read_segment(self, granule: str, first: int, rows: int, chunk_cells: int) -> dict[str, np.ndarray]:
-        """One (granule, task) segment: columns t, h, sigma, cell."""
+    def read_segment(self, granule: str, first: int, rows: int,
+                     columns: tuple[tuple[str, np.dtype], ...]) -> dict[str, np.ndarray]:
+        """One (granule, task) segment, its `columns` (`row_columns`)."""
         fs, root = self._fs()
-        size = row_bytes(chunk_cells)
+        size = row_bytes(columns)
         raw = fs.cat_file(f"{root}/{_safe(granule)}.bin", start=first * size, end=(first + rows) * size)
         if len(raw) != rows * size:
             raise OSError(f"partition of {granule} is truncated ({len(raw)} of {rows * size} bytes)")
         out, pos = {}, 0
-        for name, dtype in (("t", np.dtype("<f8")), ("h", np.dtype("<f4")), ("sigma", np.dtype("<f4")),
-                            ("cell", row_dtype(chunk_cells))):
+        for name, dtype in columns:
             out[name] = np.frombuffer(raw, dtype, count=rows, offset=pos)
             pos += rows * dtype.itemsize
         return out
 
 
 def _encode(segments: list[list[int]], rows: dict[str, np.ndarray]) -> list[memoryview]:
-    """Each segment's columns one after another, segments in row order (views, not copies)."""
+    """Each segment's columns (in the order of `rows`) one after another, segments in row order (views)."""
     parts = []
     for _, first, n in segments:
-        for name in ("t", "h", "sigma", "cell"):
-            parts.append(memoryview(np.ascontiguousarray(rows[name][first:first + n])).cast("B"))
+        for column in rows.values():
+            parts.append(memoryview(np.ascontiguousarray(column[first:first + n])).cast("B"))
     return parts
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .aggregate import PartitionJob, TaskLayout, TaskResult, index_row, partition_granule, reduce_task
+from .aggregate import PartitionJob, ReduceJob, TaskLayout, TaskResult, index_row, partition_granule, reduce_task
 from .catalog import Catalog
 from .domain import Filters, GranuleRef, RetryPolicy
 from .grid import Grid
@@ -33,8 +33,9 @@ from .intermediate import PARTITION_FORMAT, GranuleRecord, Location
 from .ledger import TaskRecord, write_record
 from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak
 from .read import ReaderName
-from .stats import STATS
+from .schema import OutputSchema
 from .store import write_block
+from .timebins import NO_BIN, TimeBins
 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "observations", "rows_in_cell", "granules", "granules_read", "failures", "seconds", "peak_memory_bytes",
@@ -77,6 +78,13 @@ class Plan:
     # Tasks the cell stage computes, in execution order (None: all of them, in cell order).
     columns: tuple[int, ...] | None = field(default=None, repr=False)
     granules_per_task: int = 1  # granule-stage task b partitions granules [b * k, (b + 1) * k)
+    time: TimeBins = PartitionJob.bins  # default: one bin holding every time, no fit
+    hemisphere: str = "south"  # of the polar stereographic x, y of the change fit
+    granule_bins: tuple[int, ...] = field(default=(), repr=False)  # per granule: its bin (cycle bins) or NO_BIN
+
+    @cached_property
+    def schema(self) -> OutputSchema:
+        return OutputSchema(self.time.n, self.time.fit)
 
     @property
     def n_cells(self) -> int:
@@ -105,6 +113,7 @@ class Plan:
         h = hashlib.sha256(f"{PARTITION_FORMAT}:".encode())
         h.update(np.ascontiguousarray(self.parents, dtype=np.uint64).tobytes())
         h.update(f"{self.split}:{self.grid.parent_order}:{self.grid.child_order}:{self.filters}".encode())
+        h.update(f"{self.time}:{self.hemisphere}".encode())
         return h.hexdigest()[:16]
 
     @cached_property
@@ -118,16 +127,20 @@ class Plan:
 
     def partition_job(self, location: Location) -> PartitionJob:
         return PartitionJob(self.layout, location, self.partition_key, self.reader, self.filters,
-                            self.storage_options, self.retry)
+                            self.storage_options, self.retry, self.time, self.hemisphere)
 
     def partition(self, position: int, location: Location) -> GranuleRecord:
         """Run the granule stage for the granule at `position` (reusing a record made for this plan)."""
         projected = self.granule_projected_bytes[position] if self.granule_projected_bytes else 0
-        return partition_granule(self.granules[position], self.partition_job(location), projected)
+        granule_bin = self.granule_bins[position] if self.granule_bins else NO_BIN
+        return partition_granule(self.granules[position], self.partition_job(location), projected, granule_bin)
 
     def reduce(self, index: int, entries: np.ndarray, location: Location) -> TaskResult:
         """Run the cell stage for task `index` from its index entries (one per granule)."""
-        return reduce_task(entries, self.granules, self.listed(index), location, self.chunk_cells)
+        job = ReduceJob(location, self.chunk_cells, self.grid.child_order, self.schema, self.time, self.hemisphere)
+        place = self.task_place(index)
+        first_cell = (place["parent"] << self.grid.shift) + place["child_lo"]
+        return reduce_task(entries, self.granules, self.listed(index), job, first_cell)
 
     def task_place(self, index: int) -> dict[str, int]:
         """Parent cell and first child of the task with a given index (of the whole plan)."""
@@ -168,6 +181,7 @@ def make_plan(
     retry: RetryPolicy = RetryPolicy(),
     memory: MemoryModel = DEFAULT_MODEL,
     granule_tasks: int | None = None,
+    time: TimeBins | None = None,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
@@ -208,8 +222,26 @@ def make_plan(
         raise PlanError(f"granule {worst.granule_id} is projected to need {max(projected) / 2**20:.0f} MiB to "
                         f"partition, above memory per task {memory_per_task / 2**20:.0f} MiB; raise "
                         "executor.memory_per_task")
+    time = time or Plan.time
+    cycle_of = dict(zip(catalog.granules.granule_id.astype(str), catalog.granules.cycle.astype(int)))
+    granule_bins = tuple(time.granule_bin(cycle_of.get(g.granule_id, -1)) for g in granules)
     return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
-                granules, projected, granules_per_task=per_block)
+                granules, projected, granules_per_task=per_block, time=time,
+                hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins)
+
+
+def _hemisphere(parents: np.ndarray, order: int) -> str:
+    """'south' or 'north': where the plan's parent cells are (a plan in both is refused)."""
+    if parents.size == 0:
+        return "south"
+    import healpix_geo.nested as hpn
+
+    _, lat = hpn.healpix_to_lonlat(np.asarray(parents, np.uint64), order, ellipsoid="WGS84")
+    if (lat > 0).all():
+        return "north"
+    if (lat < 0).all():
+        return "south"
+    raise PlanError("the AOI has parent cells in both hemispheres; aggregate each pole with its own recipe")
 
 
 def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, granule_tasks: int | None
@@ -346,7 +378,7 @@ class _ReduceAndStore:
         start, cpu = time.perf_counter(), time.process_time()
         result = plan.reduce(index, entries, self.location)
         digest = write_block(self.target.store, task.index * plan.chunk_cells, result.block,
-                             storage_options=self.target.storage_options)
+                             storage_options=self.target.storage_options, schema=plan.schema)
         result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         record = self._record(task, result, digest)
         write_record(self.target.store, record, self.target.storage_options)
@@ -442,7 +474,7 @@ def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str
 
 def stats_array(plan: Plan, location: Location, chunk_manager: str = "cubed", spec=None):
     """Lazy (cells x statistics) float64 array, one chunk per task (one parent cell unless split)."""
-    chunks = ((plan.chunk_cells,) * len(plan.task_columns), (len(STATS),))
+    chunks = ((plan.chunk_cells,) * len(plan.task_columns), (plan.schema.n_columns,))
     return _cell_stage(_Reduce(plan, location), plan, location, chunks, chunk_manager, spec,
                        f"polaragg-stats-{_token(plan, location)}")
 
@@ -468,26 +500,42 @@ def _virtual(func, chunks, chunk_manager: str, spec, dtype, name: str, **kwargs)
 
 def dataset_from_plan(plan: Plan, location: Location, chunk_manager: str = "cubed", spec=None,
                       attrs: dict | None = None) -> xr.Dataset:
-    """The lazy Dataset: one variable per statistic over dimension `cells`, coordinate `cell_ids`.
+    """The lazy Dataset: per-bin variables over (`time`, `cells`), per-cell ones over `cells`.
 
-    The variables are columns of the one statistics array; computing any of them runs the granule
+    The variables are slices of the one statistics array; computing any of them runs the granule
     stage for every granule (reusing partitions already in `location`) and the cell stage for the
-    tasks selected.
+    tasks selected. `time` holds bin centres (datetime64) with `time_bounds`; `t_mean` stays seconds
+    with its CF units (`xr.decode_cf` turns it into datetimes, as opening a store does).
     """
+    from .schema import time_coordinates, variable_attrs
+
     if plan.columns is not None:
         raise ValueError("a Dataset covers every task of the plan")
     arr = stats_array(plan, location, chunk_manager, spec)
     if chunk_manager == "cubed":
-        from cubed.array_api import astype
+        from cubed.array_api import astype, permute_dims
     else:
         def astype(x, dtype):
             return x.astype(dtype)
-    variables = {}
-    for i, stat in enumerate(STATS):
-        column = astype(arr[:, i], np.dtype(stat.dtype))
-        variables[stat.name] = xr.Variable(("cells",), column, {"units": stat.units, "long_name": stat.long_name})
-    cell_ids = xr.Variable(("cells",), plan.cell_ids(), plan.grid.cell_id_attrs())
-    return xr.Dataset(variables, coords={"cell_ids": cell_ids}, attrs=attrs or {})
+
+        def permute_dims(x, axes):
+            return x.transpose(axes)
+    schema, variables = plan.schema, {}
+    for stat in schema.variables:
+        column = arr[:, schema.columns(stat.name)]
+        if schema.is_per_bin(stat.name):
+            variables[stat.name] = xr.Variable(("time", "cells"), astype(permute_dims(column, (1, 0)),
+                                               np.dtype(stat.dtype)), variable_attrs(stat, schema))
+        else:
+            variables[stat.name] = xr.Variable(("cells",), astype(column[:, 0], np.dtype(stat.dtype)),
+                                               variable_attrs(stat, schema))
+    coords = {"cell_ids": xr.Variable(("cells",), plan.cell_ids(), plan.grid.cell_id_attrs())}
+    centres, bounds, time_attrs = time_coordinates(plan.time)
+    epoch = np.datetime64("2018-01-01T00:00:00", "ns")
+    coords["time"] = xr.Variable(("time",), epoch + (centres * 1e9).astype("timedelta64[ns]"),
+                                 {k: v for k, v in time_attrs.items() if k not in ("units", "calendar")})
+    coords["time_bounds"] = xr.Variable(("time", "nv"), epoch + (bounds * 1e9).astype("timedelta64[ns]"))
+    return xr.Dataset(variables, coords=coords, attrs=attrs or {})
 
 
 # Cubed adds the chunk buffers of an operation to its projected memory; polaragg's memory model already

@@ -6,6 +6,8 @@ including those whose workers cannot talk back to the client.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import threading
@@ -102,6 +104,9 @@ class RunSummary:
     wall_seconds: float
     task_seconds: float
     peak_memory_bytes: int
+    time_bins: int = 1
+    # Child cells with data by outcome of the change fit ({"ok": n, "few_bins": n, ...}); empty without a fit.
+    fit_outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def format(self) -> str:
         bar = "=" * 70
@@ -120,7 +125,9 @@ class RunSummary:
             f"      Errors:               {self.cells_failed:,}  "
             f"(cells with a failed granule; {self.granules_failed} granule failures)",
             f"      Granules:             {self.granules:,}",
-            f"      Total observations:   {self.observations:,}",
+            f"      Total observations:   {self.observations:,}  ({self.time_bins} time bin(s))",
+            *([f"      Change fit:           " + ", ".join(f"{n:,} {k}" for k, n in self.fit_outcomes.items())
+               + "  (child cells with data)"] if self.fit_outcomes else []),
             thin,
             f"      Wall clock time:      {self.wall_seconds:.1f}s",
             f"      Task time:            {self.task_seconds:.1f}s  (executor: {self.executor})",
@@ -133,7 +140,8 @@ class RunSummary:
 
 
 def summarize(records: list[TaskRecord], *, store: str, executor: str, wall_seconds: float,
-              granules: int, child_cells_with_data: int) -> RunSummary:
+              granules: int, child_cells_with_data: int, time_bins: int = 1,
+              fit_outcomes: dict[str, int] | None = None) -> RunSummary:
     """The summary of a run from its ledger records (one per task); see `RunSummary` for the categories."""
     failed_granules = {f["granule"] for r in records for f in r.failures}
     return RunSummary(
@@ -152,5 +160,7 @@ def summarize(records: list[TaskRecord], *, store: str, executor: str, wall_seco
         wall_seconds=wall_seconds,
         task_seconds=sum(r.seconds + r.granule_seconds for r in records),
         peak_memory_bytes=max((r.peak_memory_bytes for r in records), default=0),
+        time_bins=time_bins,
+        fit_outcomes=dict(fit_outcomes or {}),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -311,6 +312,60 @@ class ExecutorConfig(_Model):
         return _memory_size(self.memory_per_task)
 
 
+class CycleRange(_Model):
+    """Cycles start..stop, both included."""
+
+    start: Annotated[int, Field(ge=1, le=99)]
+    stop: Annotated[int, Field(ge=1, le=99)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "CycleRange":
+        if self.stop < self.start:
+            raise ValueError("stop must be >= start")
+        return self
+
+
+class TimeConfig(_Model):
+    """Which times a run uses and how it bins them (recipe key `time`).
+
+    `cycles` (a list or a start..stop range, read from granule names) and/or a date window [start, end)
+    select; `bins` are `cycle` (default), `quarter`, `month` or a list of edges (instants). `reference`
+    is t0 of the per-cell change fit; `fit` computes it (default: when there are two bins or more) and
+    `min_bins` is the fewest bins with data a fitted cell needs. Naive times are UTC.
+    """
+
+    cycles: CycleRange | Annotated[list[Annotated[int, Field(ge=1, le=99)]], Field(min_length=1)] | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    bins: Literal["cycle", "quarter", "month"] | Annotated[list[datetime], Field(min_length=2)] = "cycle"
+    reference: datetime = datetime(2018, 1, 1)
+    fit: bool | None = None
+    min_bins: Annotated[int, Field(ge=2)] = 3
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TimeConfig":
+        if self.start and self.end and _naive_utc(self.end) <= _naive_utc(self.start):
+            raise ValueError("end must be after start")
+        if isinstance(self.bins, list):
+            edges = [_naive_utc(e) for e in self.bins]
+            if any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError("bins edges must increase")
+        return self
+
+    def cycle_list(self) -> list[int] | None:
+        if self.cycles is None:
+            return None
+        if isinstance(self.cycles, CycleRange):
+            return list(range(self.cycles.start, self.cycles.stop + 1))
+        return sorted(set(self.cycles))
+
+
+def _naive_utc(when: datetime) -> datetime:
+    from datetime import timezone
+
+    return when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo else when
+
+
 class OutputConfig(_Model):
     store: str = "polaragg-out/demo.zarr"
     overwrite: bool = False  # replace an existing polaragg store (never anything else)
@@ -329,10 +384,11 @@ class Recipe(_Model):
     retry: RetryConfig = RetryConfig()
     executor: ExecutorConfig = ExecutorConfig()
     output: OutputConfig = OutputConfig()
+    time: TimeConfig = TimeConfig()
 
     def fingerprint(self) -> str:
         """Hash of everything that determines the output values (not where or how it runs)."""
-        core = self.model_dump(mode="json", include={"source", "aoi", "grid", "filters"})
+        core = self.model_dump(mode="json", include={"source", "aoi", "grid", "filters", "time"})
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -34,9 +34,10 @@ from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
 from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, RecipeError, load_recipe
 from .sources import load_catalog
 from .store import StoreError, create_store, finalize_store, inspect_target, is_remote, recipe_attrs, remove_store
+from .timebins import TimeBins, make_time_bins
 from .validate import misses_not_aggregated
 
 MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record says they hold
@@ -74,12 +75,27 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
         warnings.warn(note, PolaraggWarning, stacklevel=2)
     if len(catalog.granules) == 0 or not any(len(c) for c in catalog.granules.parent_cells):
         warnings.warn("no granule crosses the AOI: every cell will be empty", PolaraggWarning, stacklevel=2)
+    bins = recipe_time_bins(recipe, catalog)
+    catalog = catalog.select(bins.selects(*catalog.time_spans()))
     name = executor or recipe.executor.name
     workers = workers or recipe.executor.max_workers or os.cpu_count() or 1
     return make_plan(catalog, grid, reader=recipe.reader, filters=recipe.filters.filters(),
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(name, workers),
-                     granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None)
+                     granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None,
+                     time=bins)
+
+
+def recipe_time_bins(recipe: Recipe, catalog: Catalog) -> TimeBins:
+    """The recipe's time bins over the catalog's granules (a bad selection is a RecipeError)."""
+    cycles, begins, ends = catalog.time_spans()
+    t = recipe.time
+    try:
+        return make_time_bins(t.bins, catalog_cycles=cycles, catalog_begins=begins, catalog_ends=ends,
+                              cycles=t.cycle_list(), start=t.start, end=t.end, reference=t.reference, fit=t.fit,
+                              min_bins=t.min_bins)
+    except ValueError as exc:
+        raise RecipeError(f"time: {exc}") from None
 
 
 def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None,
@@ -211,7 +227,7 @@ def _run_locked(job: _Job) -> RunSummary:
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
                           "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint},
-                         chunk=plan.chunk_cells)
+                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time)
             write_inputs(store, job.inputs)
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
@@ -230,7 +246,8 @@ def _run_locked(job: _Job) -> RunSummary:
         records_list = read_records(store)
         wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
-                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store))
+                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
+                            time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())})
@@ -282,8 +299,11 @@ def _check_resumable(store: str, recipe_fp: str, run_fp: str, inputs: list[dict]
     try:
         root = zarr.open_group(zarr_store(store), mode="r", zarr_format=3)
         attrs = dict(root.attrs)
-        chunks = root["count"].chunks
-        n = root["count"].shape[0]
+        chunks = root["count"].chunks[-1:]
+        n = root["count"].shape[-1]
+        from .store import schema_of
+
+        stored_schema = schema_of(root)
     except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
         raise ResumeError(f"{store} cannot be resumed: its template is incomplete ({exc}); run without "
                           "--resume and with --overwrite to start again") from None
@@ -296,6 +316,10 @@ def _check_resumable(store: str, recipe_fp: str, run_fp: str, inputs: list[dict]
     if attrs.get("run_fingerprint") != run_fp or before is None:
         raise ResumeError(f"cannot resume {store}: its inputs changed since it was made ({_input_changes(before, inputs)}); "
                           "run it again with --overwrite, or write to a new store")
+    if stored_schema != plan.schema:
+        raise ResumeError(f"{store} holds {stored_schema.n_bins} time bin(s){' and the change fit' * stored_schema.fit}, "
+                          f"the plan {plan.schema.n_bins}{' and the fit' * plan.schema.fit}; resume with the recipe "
+                          "that made it or write to a new store")
     if chunks != (plan.chunk_cells,) or n != plan.n_cells:
         raise ResumeError(f"{store} has {n} cells in chunks of {chunks[0]}, the plan {plan.n_cells} in chunks "
                           f"of {plan.chunk_cells}; change memory_per_task back or write to a new store")
@@ -330,7 +354,7 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
         if r.fingerprint != fingerprint or r.status not in ("ok", "empty"):
             continue
         start = plan.task_index(r.parent, r.child_lo) * plan.chunk_cells
-        if r.checksum and read_checksum(root, start, start + plan.chunk_cells) == r.checksum:
+        if r.checksum and read_checksum(root, start, start + plan.chunk_cells, plan.schema) == r.checksum:
             done[(r.parent, r.child_lo)] = r
         else:
             damaged.append(r)
@@ -379,7 +403,21 @@ def _child_cells_with_data(store: str) -> int:
     from .store import zarr_store
 
     counts = zarr.open_array(zarr_store(store), path="count", mode="r")[:]
-    return int(np.count_nonzero(counts))
+    return int(np.count_nonzero(counts.reshape(-1, counts.shape[-1]).sum(axis=0)))
+
+
+def _fit_outcomes(store: str) -> dict[str, int]:
+    """Child cells with data by outcome of the change fit."""
+    import zarr
+
+    from .change import FIT_STATUS
+    from .store import zarr_store
+
+    root = zarr.open_group(zarr_store(store), mode="r", zarr_format=3)
+    status = root["fit_status"][:]
+    has = root["count"][:].sum(axis=0) > 0
+    codes, n = np.unique(status[has], return_counts=True)
+    return {FIT_STATUS.get(int(c), str(int(c))): int(k) for c, k in zip(codes, n)}
 
 
 def _as_recipe(recipe: Recipe | str) -> Recipe:

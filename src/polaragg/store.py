@@ -1,7 +1,8 @@
 """The output Zarr v3 store: template, whole-chunk writes by tasks, and opening it with xarray.
 
-Layout: one group; dimension `cells`; coordinate `cell_ids` (uint64 nested ids at the child order,
-xdggs attrs); one array per statistic, chunked one parent cell per chunk. Each task writes exactly
+Layout: one group; dimensions `time` and `cells`; coordinates `cell_ids` (uint64 nested ids at the
+child order, xdggs attrs) and `time` (CF, with `time_bounds`); one array per variable of the
+schema, (time, cells) per bin or (cells) per cell, chunked one bin and one task per chunk. Each task writes exactly
 its own chunk of every array (one writer per chunk, no read-modify-write), so tasks on any executor
 can write concurrently, locally or on S3.
 
@@ -29,7 +30,7 @@ from .domain import POLARAGG_VERSION
 from .grid import Grid
 from .fs import fsspec_options, put_whole
 from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
-from .stats import STAT_INDEX, STATS, ZERO_WHEN_EMPTY
+from .schema import OutputSchema, time_coordinates, variable_attrs
 
 
 
@@ -166,13 +167,23 @@ def create_store(
     *,
     storage_options: dict | None = None,
     chunk: int | None = None,
+    schema: OutputSchema = OutputSchema(),
+    bins=None,
 ) -> None:
-    """Write the empty template: every statistic at its empty value, chunked one task per chunk.
+    """Write the empty template: every variable at its empty value, chunked one task per chunk.
 
-    The chunk is one parent's children unless the plan split parents to bound task memory. The path
-    must hold nothing (see `inspect_target`; `remove_store` clears an old polaragg store first).
+    Per-bin variables are (time, cells) with one bin per chunk (so bins can be added without
+    rewriting others); per-cell ones (cells). `time` (bin centres) and `time_bounds` are CF-encoded
+    seconds since 2018-01-01. The chunk is one parent's children unless the plan split parents to
+    bound task memory. The path must hold nothing (see `inspect_target`; `remove_store` clears an
+    old polaragg store first).
     """
+    from .timebins import TimeBins
+
     chunk = chunk or grid.children_per_parent
+    bins = bins or TimeBins("edges", (0.0,), (0.0,), ("all",))
+    if bins.n != schema.n_bins:
+        raise ValueError(f"{bins.n} time bins but a schema of {schema.n_bins}")
     root = zarr.open_group(zarr_store(url, storage_options), mode="w-", zarr_format=3, attributes={
         **attrs,
         "polaragg_version": POLARAGG_VERSION,
@@ -185,54 +196,94 @@ def create_store(
         dimension_names=["cells"], attributes=grid.cell_id_attrs(),
     )
     ids[:] = cell_ids
-    for spec in STATS:
+    centres, bounds, time_attrs = time_coordinates(bins)
+    time = root.create_array("time", shape=centres.shape, chunks=(max(1, centres.size),), dtype="float64",
+                             fill_value=np.nan, dimension_names=["time"], attributes=time_attrs)
+    time[:] = centres
+    tb = root.create_array("time_bounds", shape=bounds.shape, chunks=bounds.shape, dtype="float64",
+                           fill_value=np.nan, dimension_names=["time", "nv"],
+                           attributes={"units": time_attrs["units"], "calendar": time_attrs["calendar"]})
+    tb[:] = bounds
+    n = cell_ids.shape[0]
+    for spec in schema.variables:
+        per_bin = schema.is_per_bin(spec.name)
         arr = root.create_array(
-            spec.name, shape=cell_ids.shape, chunks=(chunk,), dtype=spec.dtype,
-            fill_value=0 if spec.name in ZERO_WHEN_EMPTY else np.nan,
-            dimension_names=["cells"], serializer=BytesCodec(endian="little"), compressors=_COMPRESSOR,
-            attributes={"units": spec.units, "long_name": spec.long_name, "coordinates": "cell_ids"},
+            spec.name, shape=(schema.n_bins, n) if per_bin else (n,), chunks=(1, chunk) if per_bin else (chunk,),
+            dtype=spec.dtype, fill_value=_fill(schema, spec),
+            dimension_names=["time", "cells"] if per_bin else ["cells"], serializer=BytesCodec(endian="little"),
+            compressors=_COMPRESSOR,
+            attributes={**variable_attrs(spec, schema),
+                        "coordinates": "cell_ids time_bounds" if per_bin else "cell_ids"},
         )
-        if arr.metadata.encode_chunk_key((1,)) != "c/1":
-            raise StoreError(f"unexpected chunk key encoding of {spec.name}: write_block writes keys c/<i>")
+        expected = "c/0/1" if per_bin else "c/1"
+        if arr.metadata.encode_chunk_key((0, 1) if per_bin else (1,)) != expected:
+            raise StoreError(f"unexpected chunk key encoding of {spec.name}: write_block writes keys {expected}")
 
 
-def block_columns(block: np.ndarray) -> dict[str, np.ndarray]:
-    """A task's (cells x statistics) float64 block as the stored arrays, one per statistic."""
-    return {spec.name: block[:, STAT_INDEX[spec.name]].astype(spec.dtype) for spec in STATS}
+def _fill(schema: OutputSchema, spec) -> float | int:
+    value = schema.empty_value(spec.name)
+    if np.dtype(spec.dtype).kind in "iu":
+        return 0 if np.isnan(value) else int(value)
+    return value
 
 
-def checksum(columns: dict[str, np.ndarray]) -> str:
-    """Digest of a chunk's stored values over every statistic, in schema order."""
+def block_columns(block: np.ndarray, schema: OutputSchema = OutputSchema()) -> dict[str, np.ndarray]:
+    """A task's (cells x columns) float64 block as the stored arrays: (bins, cells) or (cells,) each."""
+    out = {}
+    for spec in schema.variables:
+        values = block[:, schema.columns(spec.name)]
+        if np.dtype(spec.dtype).kind in "iu":
+            values = np.where(np.isnan(values), 0, values)
+        values = values.T.astype(spec.dtype) if schema.is_per_bin(spec.name) else values[:, 0].astype(spec.dtype)
+        out[spec.name] = values
+    return out
+
+
+def checksum(columns: dict[str, np.ndarray], schema: OutputSchema = OutputSchema()) -> str:
+    """Digest of a chunk's stored values over every variable, in schema order."""
     digest = hashlib.sha256()
-    for spec in STATS:
+    for spec in schema.variables:
         digest.update(np.ascontiguousarray(columns[spec.name], dtype=spec.dtype).tobytes())
     return digest.hexdigest()[:32]
 
 
 def write_block(
-    url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None
+    url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None,
+    schema: OutputSchema = OutputSchema(),
 ) -> str:
-    """Write a task's (cells x statistics) block as chunk `start // len(block)` of every array; return
-    its checksum.
+    """Write a task's (cells x columns) block as chunk `start // len(block)` of every array; return its
+    checksum.
 
     The chunks are encoded as `create_store` declared them (little-endian bytes, zstd) and each is
-    written whole. Every chunk is written, empty ones too, so the same files exist whichever
-    executor ran the task.
+    written whole: one object per bin of a per-bin variable. Every chunk is written, empty ones too,
+    so the same files exist whichever executor ran the task.
     """
     n = block.shape[0]
     if n == 0 or start % n:
         raise ValueError(f"a block of {n} cells at {start} is not one whole chunk")
-    columns = block_columns(block)
-    base = url.rstrip("/")
-    for name, column in columns.items():
-        data = _ZSTD.encode(np.ascontiguousarray(column, dtype=column.dtype.newbyteorder("<")))
-        put_whole(f"{base}/{name}/c/{start // n}", [data], storage_options)
-    return checksum(columns)
+    columns = block_columns(block, schema)
+    base, i = url.rstrip("/"), start // n
+    for name, values in columns.items():
+        le = values.dtype.newbyteorder("<")
+        if values.ndim == 2:
+            for b in range(values.shape[0]):
+                put_whole(f"{base}/{name}/c/{b}/{i}", [_ZSTD.encode(np.ascontiguousarray(values[b], dtype=le))],
+                          storage_options)
+        else:
+            put_whole(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options)
+    return checksum(columns, schema)
 
 
-def read_checksum(root: zarr.Group, start: int, stop: int) -> str:
+def schema_of(root: zarr.Group) -> OutputSchema:
+    """The schema a store was written with: its number of time bins, and whether it holds the fit."""
+    names = set(root.array_keys())
+    return OutputSchema(int(root["time"].shape[0]) if "time" in names else 1, "dhdt" in names)
+
+
+def read_checksum(root: zarr.Group, start: int, stop: int, schema: OutputSchema = OutputSchema()) -> str:
     """Checksum of the stored values of cells [start, stop) (as `write_block` computed it)."""
-    return checksum({spec.name: root[spec.name][start:stop] for spec in STATS})
+    return checksum({spec.name: (root[spec.name][:, start:stop] if schema.is_per_bin(spec.name)
+                                 else root[spec.name][start:stop]) for spec in schema.variables}, schema)
 
 
 def finalize_store(url: str, attrs: dict, *, storage_options: dict | None = None) -> None:

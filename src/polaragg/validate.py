@@ -14,8 +14,7 @@ import zarr
 
 from .grid import Grid
 from .ledger import TaskRecord, read_records
-from .stats import STATS
-from .store import checksum, zarr_store
+from .store import checksum, schema_of, zarr_store
 
 XDGGS_ATTRS = ("grid_name", "level", "indexing_scheme", "ellipsoid")
 
@@ -104,7 +103,8 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
         if key not in attrs:
             problems.append(f"root attribute {key!r} is missing")
     names = set(root.array_keys())
-    for spec in [*STATS]:
+    schema = schema_of(root)
+    for spec in schema.variables:
         if spec.name not in names:
             problems.append(f"variable {spec.name!r} is missing")
         elif str(root[spec.name].dtype) != spec.dtype:
@@ -124,7 +124,7 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
     parents = np.unique(ids >> np.uint64(grid.shift))
     if ids.size != parents.size * n_children or not np.array_equal(ids, grid.children_of(parents)):
         problems.append("cell_ids are not the complete, ordered children of their parent cells")
-    chunk = root["count"].chunks[0]
+    chunk = root["count"].chunks[-1]
     count = root["count"][:]
     h_mean = root["h_mean"][:]
     if (count < 0).any():
@@ -137,7 +137,7 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
     records = {(r.parent, r.child_lo): r for r in all_records}
     problems += unrepaired_misses(all_records)
     fingerprint = attrs.get("run_fingerprint", attrs["recipe_fingerprint"])
-    values = {spec.name: root[spec.name][:] for spec in STATS}
+    values = {spec.name: root[spec.name][:] for spec in schema.variables}
     for k in range(ids.size // chunk):
         start = k * chunk
         parent = int(ids[start] >> np.uint64(grid.shift))
@@ -152,12 +152,12 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
         if record.status not in ("ok", "empty"):
             reasons = "; ".join(sorted({f['reason'] for f in record.failures})) or "no reason recorded"
             problems.append(f"{where}: status {record.status} ({reasons})")
-        stored = int(count[start:start + chunk].sum())
+        stored = int(count[..., start:start + chunk].sum())
         if stored != record.observations:
             problems.append(f"{where}: store counts {stored:,} observations, the ledger {record.observations:,}")
         if not record.checksum:
             problems.append(f"{where}: ledger record has no checksum of its chunk")
-        elif checksum({k: v[start:start + chunk] for k, v in values.items()}) != record.checksum:
+        elif checksum({k: v[..., start:start + chunk] for k, v in values.items()}, schema) != record.checksum:
             problems.append(f"{where}: stored values differ from what the task wrote (checksum mismatch)")
     for (parent, child_lo) in sorted(records):
         problems.append(f"ledger record for parent {parent} children from {child_lo} has no place in the store")

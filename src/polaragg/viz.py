@@ -289,6 +289,8 @@ def plot_store(
         default_out = Path(default_map_path(str(store), var))
     if sel:
         ds = ds.sel(sel)
+    if var in ds.data_vars and "time" in ds[var].dims:
+        ds = ds.isel(time=-1)  # one bin: its only one; several: the latest (sel= picks another)
     if var not in ds.data_vars:
         avail = ", ".join(sorted(map(str, ds.data_vars))) or "(none)"
         raise VariableNotFoundError(f"variable {var!r} not in the store; available variables: {avail}")
@@ -305,8 +307,12 @@ def plot_store(
     ids = np.asarray(cell_coord.values)
     vals = np.asarray(da.values, dtype=np.float64)
     keep = np.isfinite(vals)
-    if drop_empty and "count" in ds.data_vars and ds["count"].dims == da.dims and var != "count":
-        keep &= np.asarray(ds["count"].values) > 0
+    if drop_empty and "count" in ds.data_vars and var != "count":
+        count = ds["count"]
+        if "time" in count.dims:
+            count = count.sum("time")
+        if count.dims == da.dims:
+            keep &= np.asarray(count.values) > 0
     if drop_empty and var == "count":
         keep &= vals > 0
     if not keep.any():
@@ -315,7 +321,10 @@ def plot_store(
     if title is None:
         head = f"{var}: {long_name}" if long_name and long_name != var else var
         head = textwrap.shorten(head, width=90, placeholder=" ...")
-        title = f"{head}\nHEALPix order {level}, {int(keep.sum()):,} cells"
+        when = ""
+        if "time" in ds.coords and ds["time"].ndim == 0:
+            when = f", {np.datetime_as_string(ds['time'].values, unit='D')}"
+        title = f"{head}\nHEALPix order {level}, {int(keep.sum()):,} cells{when}"
     return plot_cells(
         ids[keep],
         level,
