@@ -40,7 +40,7 @@ def _recipe(cache: str, store: str, **time) -> dict:
         "aoi": {"bbox": BBOX},
         "grid": {"parent_order": 6, "child_order": 11},
         "executor": {"name": "single-threaded"},
-        "output": {"store": store},
+        "output": {"store": store, "coarsest_order": 4},
         **({"time": time} if time else {}),
     }
 
@@ -115,6 +115,11 @@ def test_every_per_bin_statistic_matches_brute_force(change_run, reference_rows)
     empty = np.ones(ds["count"].shape, bool)
     empty[b, pos] = False
     assert (ds["count"].values[empty] == 0).all() and np.isnan(ds["h_mean"].values[empty]).all()
+
+
+def _at_order(df: pd.DataFrame, order: int) -> pd.DataFrame:
+    """The reference rows with their cell at a coarser order (nested ids: drop two bits per order)."""
+    return df.assign(cell=df.cell.to_numpy() >> np.uint64(2 * (11 - order)))
 
 
 def _brute_fit(df: pd.DataFrame, order: int) -> dict[int, dict]:
@@ -268,3 +273,54 @@ def test_time_selection_and_month_bins_match_brute_force(change_run, reference_r
 def test_bad_time_sections_are_refused_with_the_field(tmp_path, time, message):
     with pytest.raises(RecipeError, match=message):
         polaragg.load_recipe(_recipe(str(tmp_path), str(tmp_path / "x.zarr"), **time))
+
+
+@pytest.mark.parametrize("order", [10, 8, 6, 5, 4])
+def test_every_pyramid_order_equals_brute_force_at_that_order(change_run, reference_rows, order):
+    """Orders 10-6 are computed inside the tasks (parents are order 6), quantiles included; 5 and 4 are merged
+    from the sufficient statistics and have no quantiles. Each equals the reference computed directly there."""
+    import xdggs  # noqa: F401 - the .dggs accessor
+
+    store, _, _ = change_run
+    df = _at_order(reference_rows, order)
+    ref = _group_stats(df, ["cycle", "cell"])
+    ds = xr.open_zarr(store, group=str(order), decode_times=False).load()
+    assert int(ds.cell_ids.attrs["level"]) == order
+    ids = ds.cell_ids.values
+    b = np.searchsorted(CYCLES, ref.index.get_level_values("cycle").to_numpy())
+    pos = np.searchsorted(ids, ref.index.get_level_values("cell").to_numpy())
+    assert np.array_equal(ids[pos], ref.index.get_level_values("cell").to_numpy())
+    np.testing.assert_array_equal(ds["count"].values[b, pos], ref["count"].to_numpy())
+    assert int(ds["count"].sum()) == len(df)
+    exact = ["h_mean", "h_sigma", "h_var", "h_min", "h_max", "t_mean"]
+    quantiles = ["h_q25", "h_q50", "h_q75"]
+    if order >= 6:
+        exact += quantiles
+    else:
+        assert not set(quantiles) & set(ds.data_vars)
+        assert "absent" in xr.open_zarr(store, group=str(order)).attrs["quantiles"]
+    for name in exact:
+        np.testing.assert_allclose(ds[name].values[b, pos], ref[name].to_numpy(), rtol=1e-6, atol=1e-9,
+                                   err_msg=f"order {order} {name}")
+    fits = _brute_fit(df, order)
+    ok = ds["fit_status"].values == 0
+    assert ok.any()
+    for i in np.flatnonzero(ok):
+        want = fits[int(ids[i])]
+        for name in ("dhdt", "dhdt_sigma", "h_fit", "slope_x", "slope_y", "h_rms"):
+            assert float(ds[name].values[i]) == pytest.approx(want[name], rel=1e-6, abs=1e-9), (order, name)
+        for c, dh in want["dh"].items():
+            assert float(ds["dh"].values[CYCLES.index(c), i]) == pytest.approx(dh, rel=1e-6, abs=1e-8)
+    assert xr.open_zarr(store, group=str(order)).dggs.decode().dggs.grid_info.level == order
+
+
+def test_root_lists_the_pyramid_in_the_multiscales_convention(change_run):
+    import zarr
+
+    store, _, _ = change_run
+    attrs = zarr.open_group(store, mode="r").attrs
+    assert attrs["zarr_conventions"][0]["name"] == "multiscales"
+    layout = attrs["multiscales"]["layout"]
+    assert [e["order"] for e in layout] == list(range(11, 3, -1))
+    assert layout[0]["asset"] == "." and all(e["derived_from"] == p["asset"] for p, e in zip(layout, layout[1:]))
+    assert [e["transform"]["scale"][0] for e in layout] == [2.0**k for k in range(8)]

@@ -26,10 +26,10 @@ from .memory import peak_bytes, reset_peak
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
-from .change import MOMENT_NAMES, fit_change, group_moments
+from .change import group_moments
 from .projection import cell_centres_xy, polar_stereographic
-from .schema import MOMENT_VARIABLES, OutputSchema
-from .stats import STATS, grouped_stats
+from .schema import OutputSchema, assemble_block
+from .stats import grouped_stats
 from .timebins import NO_BIN, TimeBins
 
 COLUMNS: tuple[str, ...] = atl06.COORDINATES + atl06.PAYLOAD
@@ -261,6 +261,11 @@ class ReduceJob:
     schema: OutputSchema = OutputSchema()
     bins: TimeBins = PartitionJob.bins
     hemisphere: str = "south"
+    shifts: tuple[int, ...] = (0,)  # the orders computed, as bits below the child order (2 per order)
+
+    def rows(self) -> int:
+        """Rows of a task's block: its cells at every order computed, child order first."""
+        return sum(self.chunk_cells >> s for s in self.shifts)
 
 
 def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: tuple[int, ...],
@@ -283,7 +288,7 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     parts = [job.location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), columns) for g in has]
     cols = {name: (np.concatenate([p[name] for p in parts]) if parts else np.empty(0, dtype))
             for name, dtype in columns}
-    block = task_block(cols, job, first_cell)
+    block = np.concatenate([task_block(cols, job, first_cell, shift) for shift in job.shifts])
     listed_set = set(listed)
     return TaskResult(
         block=block,
@@ -295,33 +300,19 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     )
 
 
-def task_block(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int) -> np.ndarray:
-    """The (cells x schema columns) block of a task's rows: statistics per (bin, cell), then the fit."""
-    schema, chunk = job.schema, job.chunk_cells
+def task_block(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int = 0) -> np.ndarray:
+    """The (cells x schema columns) block of a task's rows at the child order coarsened by `shift` bits
+    (2 per order): statistics per (bin, cell) from the rows themselves (exact quantiles), then the fit."""
+    schema, chunk = job.schema, job.chunk_cells >> shift
     n_groups = schema.n_bins * chunk
-    group = cols["bin"].astype(np.intp) * chunk + cols["cell"].astype(np.intp)
+    cell = cols["cell"].astype(np.intp) >> shift
+    group = cols["bin"].astype(np.intp) * chunk + cell
     stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(schema.n_bins, chunk, -1)
-    block = np.empty((chunk, schema.n_columns))
-    for k, spec in enumerate(STATS):
-        block[:, schema.columns(spec.name)] = stats[:, :, k].T
+    moments = None
     if schema.fit:
-        cell = cols["cell"].astype(np.intp)
-        cx, cy = cell_centres_xy(np.uint64(first_cell) + np.arange(chunk, dtype=np.uint64), job.child_order,
-                                 job.hemisphere, num_threads=1)
-        h = cols["h"].astype(np.float64)
+        cx, cy = cell_centres_xy((np.uint64(first_cell) >> np.uint64(shift)) + np.arange(chunk, dtype=np.uint64),
+                                 job.child_order - shift // 2, job.hemisphere, num_threads=1)
         w = 1.0 / np.square(cols["sigma"].astype(np.float64))
-        m = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell], job.bins.years(cols["t"]),
-                          h).reshape(schema.n_bins, chunk, -1)
-        counts = stats[:, :, 0]
-        fit = fit_change(m, counts, min_bins=job.bins.min_bins)
-        for j, key in enumerate(MOMENT_NAMES):
-            name = MOMENT_VARIABLES[key]
-            if name not in ("sum_w", "h_mean"):  # the statistics already hold these
-                block[:, schema.columns(name)] = m[:, :, j].T
-        block[:, schema.columns("dh")] = fit.dh.T
-        block[:, schema.columns("dh_sigma")] = fit.dh_sigma.T
-        for name, values in (("dhdt", fit.dhdt), ("dhdt_sigma", fit.dhdt_sigma), ("h_fit", fit.h0),
-                             ("slope_x", fit.slope_x), ("slope_y", fit.slope_y), ("h_rms", fit.h_rms),
-                             ("fit_bins", fit.n_bins), ("fit_status", fit.status)):
-            block[:, schema.columns(name)] = np.asarray(values, np.float64)[:, None]
-    return block
+        moments = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell],
+                                job.bins.years(cols["t"]), cols["h"].astype(np.float64)).reshape(schema.n_bins, chunk, -1)
+    return assemble_block(schema, stats, moments, job.bins.min_bins)

@@ -34,12 +34,15 @@ from .ledger import TaskRecord, write_record
 from .memory import DEFAULT_MODEL, MemoryModel, peak_bytes, reset_peak
 from .read import ReaderName
 from .schema import OutputSchema
-from .store import write_block
+from .store import combine_checksums, write_block
 from .timebins import NO_BIN, TimeBins
 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "observations", "rows_in_cell", "granules", "granules_read", "failures", "seconds", "peak_memory_bytes",
 )
+
+
+MERGED_CHUNK = 4096  # cells per chunk of the orders merged after the tasks (written whole by the client)
 
 
 class PlanError(ValueError):
@@ -81,10 +84,40 @@ class Plan:
     time: TimeBins = PartitionJob.bins  # default: one bin holding every time, no fit
     hemisphere: str = "south"  # of the polar stereographic x, y of the change fit
     granule_bins: tuple[int, ...] = field(default=(), repr=False)  # per granule: its bin (cycle bins) or NO_BIN
+    coarsest_order: int | None = None  # pyramid: every order from the child order to this one (None: none)
 
     @cached_property
     def schema(self) -> OutputSchema:
         return OutputSchema(self.time.n, self.time.fit)
+
+    @property
+    def task_order(self) -> int:
+        """The finest order whose cells lie whole inside every task (the parent order unless split)."""
+        return self.grid.parent_order + self.split.bit_length() // 2  # ceil(log4(split))
+
+    @property
+    def task_orders(self) -> tuple[int, ...]:
+        """Orders each task computes from its observations, child order first (exact quantiles)."""
+        if self.coarsest_order is None:
+            return (self.grid.child_order,)
+        return tuple(range(self.grid.child_order, max(self.task_order, self.coarsest_order) - 1, -1))
+
+    @property
+    def merged_orders(self) -> tuple[int, ...]:
+        """Coarser orders, merged after the tasks from the sufficient statistics (no quantiles)."""
+        if self.coarsest_order is None or self.coarsest_order >= self.task_order:
+            return ()
+        return tuple(range(self.task_order - 1, self.coarsest_order - 1, -1))
+
+    @property
+    def shifts(self) -> tuple[int, ...]:
+        return tuple(2 * (self.grid.child_order - o) for o in self.task_orders)
+
+    def pyramid(self) -> tuple[tuple[int, int, OutputSchema], ...]:
+        """The store's coarser orders: (order, cells per chunk, schema)."""
+        levels = [(o, self.chunk_cells >> (2 * (self.grid.child_order - o)), self.schema) for o in self.task_orders[1:]]
+        merged = dataclasses.replace(self.schema, quantiles=False)
+        return tuple(levels + [(o, MERGED_CHUNK, merged) for o in self.merged_orders])
 
     @property
     def n_cells(self) -> int:
@@ -135,9 +168,11 @@ class Plan:
         granule_bin = self.granule_bins[position] if self.granule_bins else NO_BIN
         return partition_granule(self.granules[position], self.partition_job(location), projected, granule_bin)
 
-    def reduce(self, index: int, entries: np.ndarray, location: Location) -> TaskResult:
-        """Run the cell stage for task `index` from its index entries (one per granule)."""
-        job = ReduceJob(location, self.chunk_cells, self.grid.child_order, self.schema, self.time, self.hemisphere)
+    def reduce(self, index: int, entries: np.ndarray, location: Location, every_order: bool = False) -> TaskResult:
+        """Run the cell stage for task `index` from its index entries (one per granule): the child order's
+        block, and with `every_order` the block of each of `task_orders` after it."""
+        job = ReduceJob(location, self.chunk_cells, self.grid.child_order, self.schema, self.time, self.hemisphere,
+                        self.shifts if every_order else (0,))
         place = self.task_place(index)
         first_cell = (place["parent"] << self.grid.shift) + place["child_lo"]
         return reduce_task(entries, self.granules, self.listed(index), job, first_cell)
@@ -182,6 +217,7 @@ def make_plan(
     memory: MemoryModel = DEFAULT_MODEL,
     granule_tasks: int | None = None,
     time: TimeBins | None = None,
+    coarsest_order: int | None = None,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
@@ -227,7 +263,8 @@ def make_plan(
     granule_bins = tuple(time.granule_bin(cycle_of.get(g.granule_id, -1)) for g in granules)
     return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
                 granules, projected, granules_per_task=per_block, time=time,
-                hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins)
+                hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins,
+                coarsest_order=None if coarsest_order is None or coarsest_order >= grid.child_order else coarsest_order)
 
 
 def _hemisphere(parents: np.ndarray, order: int) -> str:
@@ -376,9 +413,15 @@ class _ReduceAndStore:
         task = plan.tasks[index]
         reset_peak()
         start, cpu = time.perf_counter(), time.process_time()
-        result = plan.reduce(index, entries, self.location)
-        digest = write_block(self.target.store, task.index * plan.chunk_cells, result.block,
-                             storage_options=self.target.storage_options, schema=plan.schema)
+        result = plan.reduce(index, entries, self.location, every_order=True)
+        digests, row = [], 0
+        for order, shift in zip(plan.task_orders, plan.shifts):
+            n = plan.chunk_cells >> shift
+            digests.append(write_block(self.target.store, task.index * n, result.block[row:row + n],
+                                       storage_options=self.target.storage_options, schema=plan.schema,
+                                       group=None if shift == 0 else str(order)))
+            row += n
+        digest = combine_checksums(digests)
         result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
         record = self._record(task, result, digest)
         write_record(self.target.store, record, self.target.storage_options)

@@ -370,6 +370,8 @@ class OutputConfig(_Model):
     store: str = "polaragg-out/demo.zarr"
     overwrite: bool = False  # replace an existing polaragg store (never anything else)
     max_cells: Annotated[int, Field(ge=1)] = 200_000_000  # plans above this many child cells are refused
+    # Pyramid: every order from grid.child_order up to this one, one group per order (None: the child order only).
+    coarsest_order: Annotated[int, Field(ge=0, le=29)] | None = None
 
 
 class Recipe(_Model):
@@ -386,9 +388,17 @@ class Recipe(_Model):
     output: OutputConfig = OutputConfig()
     time: TimeConfig = TimeConfig()
 
+    @model_validator(mode="after")
+    def _pyramid_within_grid(self) -> "Recipe":
+        if self.output.coarsest_order is not None and self.output.coarsest_order > self.grid.child_order:
+            raise ValueError(f"output.coarsest_order {self.output.coarsest_order} is finer than grid.child_order "
+                             f"{self.grid.child_order}")
+        return self
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the output values (not where or how it runs)."""
-        core = self.model_dump(mode="json", include={"source", "aoi", "grid", "filters", "time"})
+        core = self.model_dump(mode="json", include={"source": True, "aoi": True, "grid": True, "filters": True,
+                                                     "time": True, "output": {"coarsest_order"}})
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -83,7 +83,7 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(name, workers),
                      granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None,
-                     time=bins)
+                     time=bins, coarsest_order=recipe.output.coarsest_order)
 
 
 def recipe_time_bins(recipe: Recipe, catalog: Catalog) -> TimeBins:
@@ -227,7 +227,7 @@ def _run_locked(job: _Job) -> RunSummary:
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
                           "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint},
-                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time)
+                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid())
             write_inputs(store, job.inputs)
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
@@ -243,6 +243,8 @@ def _run_locked(job: _Job) -> RunSummary:
                 # A task skipped on resume lacks the rows of a granule partitioned only now (one that
                 # failed before): the granule's reporter names it; run it again from the partitions.
                 order = _tasks_missing_rows(_fresh_records(store).values(), plan)
+        if plan.merged_orders:
+            merge_coarser_orders(store, plan)
         records_list = read_records(store)
         wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
@@ -354,7 +356,7 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
         if r.fingerprint != fingerprint or r.status not in ("ok", "empty"):
             continue
         start = plan.task_index(r.parent, r.child_lo) * plan.chunk_cells
-        if r.checksum and read_checksum(root, start, start + plan.chunk_cells, plan.schema) == r.checksum:
+        if r.checksum and _stored_checksum(root, plan, start // plan.chunk_cells) == r.checksum:
             done[(r.parent, r.child_lo)] = r
         else:
             damaged.append(r)
@@ -404,6 +406,41 @@ def _child_cells_with_data(store: str) -> int:
 
     counts = zarr.open_array(zarr_store(store), path="count", mode="r")[:]
     return int(np.count_nonzero(counts.reshape(-1, counts.shape[-1]).sum(axis=0)))
+
+
+def _stored_checksum(root, plan: Plan, task: int) -> str:
+    """Checksum of what task `task` wrote at each of its orders (as the task computed it)."""
+    from .store import combine_checksums, read_checksum
+
+    digests = []
+    for order, shift in zip(plan.task_orders, plan.shifts):
+        n = plan.chunk_cells >> shift
+        level = root if shift == 0 else root[str(order)]
+        digests.append(read_checksum(level, task * n, (task + 1) * n, plan.schema))
+    return combine_checksums(digests)
+
+
+def merge_coarser_orders(store: str, plan: Plan) -> None:
+    """Write the orders coarser than the tasks' own cells, each merged from the next finer one's sufficient
+    statistics (client side: these orders hold at most a few cells per task)."""
+    import zarr
+
+    from .pyramid import coarser
+    from .store import zarr_store
+
+    root = zarr.open_group(zarr_store(store), mode="r+", zarr_format=3)
+    finest = plan.task_orders[-1]
+    level = root if finest == plan.grid.child_order else root[str(finest)]
+    ids = level["cell_ids"][:]
+    values = {spec.name: level[spec.name][:] for spec in plan.schema.variables}
+    for order in plan.merged_orders:
+        schema = dataclasses.replace(plan.schema, quantiles=False)
+        ids, values = coarser(ids, values, order + 1, schema, plan.hemisphere, plan.time.min_bins)
+        group = root[str(order)]
+        if not np.array_equal(group["cell_ids"][:], ids):
+            raise RuntimeError(f"order {order}: the merged cells differ from the store's template")
+        for name, array in values.items():
+            group[name][...] = array
 
 
 def _fit_outcomes(store: str) -> dict[str, int]:

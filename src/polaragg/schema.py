@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
+
 from .cycles import CF_TIME_UNITS, TIME_SCALE_NOTE
-from .stats import STATS, ZERO_WHEN_EMPTY, StatSpec
+from .stats import QUANTILES, STATS, ZERO_WHEN_EMPTY, StatSpec
 
 # The fit's moments (change.MOMENT_NAMES order) and the stored variable holding each.
 MOMENT_VARIABLES: dict[str, str] = {
@@ -67,10 +69,12 @@ class OutputSchema:
 
     n_bins: int = 1
     fit: bool = False
+    quantiles: bool = True  # False for orders merged from sufficient statistics: quantiles need observations
 
     @cached_property
     def per_bin(self) -> tuple[StatSpec, ...]:
-        return STATS + (MOMENTS + ANOMALY if self.fit else ())
+        stats = tuple(s for s in STATS if self.quantiles or s.name not in QUANTILES)
+        return stats + (MOMENTS + ANOMALY if self.fit else ())
 
     @cached_property
     def per_cell(self) -> tuple[StatSpec, ...]:
@@ -119,11 +123,47 @@ def variable_attrs(spec: StatSpec, schema: OutputSchema) -> dict[str, object]:
     return attrs
 
 
-def time_coordinates(bins) -> tuple["np.ndarray", "np.ndarray", dict[str, object]]:
+def time_coordinates(bins) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """Bin centres (n,) and bounds (n, 2) in seconds since 2018-01-01 (UTC), and the CF attributes of `time`."""
-    import numpy as np
-
     attrs = {"units": CF_TIME_UNITS, "calendar": "proleptic_gregorian", "bounds": "time_bounds",
              "standard_name": "time", "long_name": f"centre of the time bin ({bins.kind})",
              "bin_labels": list(bins.labels), "comment": TIME_SCALE_NOTE}
     return np.asarray(bins.centres(), np.float64), np.asarray(bins.bounds(), np.float64), attrs
+
+
+def assemble_block(schema: OutputSchema, stats: np.ndarray, moments: np.ndarray | None,
+                   min_bins: int = 3) -> np.ndarray:
+    """A (cells x columns) block from per-(bin, cell) statistics (n_bins, n_cells, len(STATS)) and, with the
+    fit, moments (n_bins, n_cells, 15): the fit is solved here, so every order gets it the same way."""
+    from .change import MOMENT_NAMES, fit_change
+
+    n_cells = stats.shape[1]
+    block = np.empty((n_cells, schema.n_columns))
+    for k, spec in enumerate(STATS):
+        if spec.name in schema._offsets:
+            block[:, schema.columns(spec.name)] = stats[:, :, k].T
+    if schema.fit:
+        fit = fit_change(moments, stats[:, :, 0], min_bins=min_bins)
+        for j, key in enumerate(MOMENT_NAMES):
+            name = MOMENT_VARIABLES[key]
+            if name not in ("sum_w", "h_mean"):  # the statistics hold these
+                block[:, schema.columns(name)] = moments[:, :, j].T
+        block[:, schema.columns("dh")] = fit.dh.T
+        block[:, schema.columns("dh_sigma")] = fit.dh_sigma.T
+        for name, values in (("dhdt", fit.dhdt), ("dhdt_sigma", fit.dhdt_sigma), ("h_fit", fit.h0),
+                             ("slope_x", fit.slope_x), ("slope_y", fit.slope_y), ("h_rms", fit.h_rms),
+                             ("fit_bins", fit.n_bins), ("fit_status", fit.status)):
+            block[:, schema.columns(name)] = np.asarray(values, np.float64)[:, None]
+    return block
+
+
+def block_columns(block: np.ndarray, schema: OutputSchema = OutputSchema()) -> dict[str, np.ndarray]:
+    """A task's (cells x columns) float64 block as the stored arrays: (bins, cells) or (cells,) each."""
+    out = {}
+    for spec in schema.variables:
+        values = block[:, schema.columns(spec.name)]
+        if np.dtype(spec.dtype).kind in "iu":
+            values = np.where(np.isnan(values), 0, values)
+        values = values.T.astype(spec.dtype) if schema.is_per_bin(spec.name) else values[:, 0].astype(spec.dtype)
+        out[spec.name] = values
+    return out

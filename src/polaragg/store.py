@@ -30,7 +30,7 @@ from .domain import POLARAGG_VERSION
 from .grid import Grid
 from .fs import fsspec_options, put_whole
 from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
-from .schema import OutputSchema, time_coordinates, variable_attrs
+from .schema import OutputSchema, block_columns, time_coordinates, variable_attrs
 
 
 
@@ -169,14 +169,16 @@ def create_store(
     chunk: int | None = None,
     schema: OutputSchema = OutputSchema(),
     bins=None,
+    pyramid: tuple[tuple[int, int, OutputSchema], ...] = (),
 ) -> None:
     """Write the empty template: every variable at its empty value, chunked one task per chunk.
 
-    Per-bin variables are (time, cells) with one bin per chunk (so bins can be added without
-    rewriting others); per-cell ones (cells). `time` (bin centres) and `time_bounds` are CF-encoded
-    seconds since 2018-01-01. The chunk is one parent's children unless the plan split parents to
-    bound task memory. The path must hold nothing (see `inspect_target`; `remove_store` clears an
-    old polaragg store first).
+    The root group is the child order. Per-bin variables are (time, cells) with one bin per chunk (so
+    bins can be added without rewriting others); per-cell ones (cells). `time` (bin centres) and
+    `time_bounds` are CF-encoded seconds since 2018-01-01. The chunk is one parent's children unless
+    the plan split parents to bound task memory. `pyramid` adds a group per coarser order, named by
+    the order: (order, cells per chunk, its schema), and the root's `multiscales` layout lists them.
+    The path must hold nothing (see `inspect_target`; `remove_store` clears an old polaragg store first).
     """
     from .timebins import TimeBins
 
@@ -190,10 +192,44 @@ def create_store(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "parent_order": grid.parent_order,
         "child_order": grid.child_order,
+        **(multiscales_attrs(grid.child_order, [order for order, _, _ in pyramid]) if pyramid else {}),
     })
+    _create_level(root, cell_ids, chunk, schema, bins, grid.cell_id_attrs())
+    for order, level_chunk, level_schema in pyramid:
+        shift = np.uint64(2 * (grid.child_order - order))
+        ids = np.unique(cell_ids >> shift)
+        group = root.create_group(str(order), attributes={
+            "order": order, "quantiles": "exact, from the observations" if level_schema.quantiles else
+            "absent: this order is merged from the sufficient statistics of finer orders, and exact quantiles "
+            "need the observations themselves"})
+        _create_level(group, ids, level_chunk, level_schema, bins, {**grid.cell_id_attrs(), "level": order})
+
+
+def multiscales_attrs(child_order: int, orders: list[int]) -> dict:
+    """The zarr-conventions `multiscales` layout: the root group (".", the child order) and one child group per
+    coarser order, each derived from the next finer one (the cell edge doubles per order)."""
+    layout = [{"asset": ".", "order": child_order, "transform": {"scale": [1.0]}}]
+    finer = "."
+    for order in orders:
+        layout.append({"asset": str(order), "order": order, "derived_from": finer,
+                       "transform": {"scale": [float(2 ** (child_order - order))]},
+                       "resampling_method": "sufficient statistics"})
+        finer = str(order)
+    return {
+        "zarr_conventions": [{
+            "uuid": "d35379db-88df-4056-af3a-620245f8e347", "name": "multiscales",
+            "schema_url": "https://raw.githubusercontent.com/zarr-conventions/multiscales/refs/tags/v1/schema.json",
+            "spec_url": "https://github.com/zarr-conventions/multiscales/blob/v1/README.md",
+            "description": "Multiscale layout of zarr datasets"}],
+        "multiscales": {"layout": layout, "resampling_method": "sufficient statistics"},
+    }
+
+
+def _create_level(root: zarr.Group, cell_ids: np.ndarray, chunk: int, schema: OutputSchema, bins,
+                  cell_attrs: dict) -> None:
     ids = root.create_array(
         "cell_ids", shape=cell_ids.shape, chunks=(chunk,), dtype="uint64", fill_value=0,
-        dimension_names=["cells"], attributes=grid.cell_id_attrs(),
+        dimension_names=["cells"], attributes=cell_attrs,
     )
     ids[:] = cell_ids
     centres, bounds, time_attrs = time_coordinates(bins)
@@ -227,18 +263,6 @@ def _fill(schema: OutputSchema, spec) -> float | int:
     return value
 
 
-def block_columns(block: np.ndarray, schema: OutputSchema = OutputSchema()) -> dict[str, np.ndarray]:
-    """A task's (cells x columns) float64 block as the stored arrays: (bins, cells) or (cells,) each."""
-    out = {}
-    for spec in schema.variables:
-        values = block[:, schema.columns(spec.name)]
-        if np.dtype(spec.dtype).kind in "iu":
-            values = np.where(np.isnan(values), 0, values)
-        values = values.T.astype(spec.dtype) if schema.is_per_bin(spec.name) else values[:, 0].astype(spec.dtype)
-        out[spec.name] = values
-    return out
-
-
 def checksum(columns: dict[str, np.ndarray], schema: OutputSchema = OutputSchema()) -> str:
     """Digest of a chunk's stored values over every variable, in schema order."""
     digest = hashlib.sha256()
@@ -249,7 +273,7 @@ def checksum(columns: dict[str, np.ndarray], schema: OutputSchema = OutputSchema
 
 def write_block(
     url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None,
-    schema: OutputSchema = OutputSchema(),
+    schema: OutputSchema = OutputSchema(), group: str | None = None,
 ) -> str:
     """Write a task's (cells x columns) block as chunk `start // len(block)` of every array; return its
     checksum.
@@ -262,7 +286,7 @@ def write_block(
     if n == 0 or start % n:
         raise ValueError(f"a block of {n} cells at {start} is not one whole chunk")
     columns = block_columns(block, schema)
-    base, i = url.rstrip("/"), start // n
+    base, i = url.rstrip("/") + (f"/{group}" if group else ""), start // n
     for name, values in columns.items():
         le = values.dtype.newbyteorder("<")
         if values.ndim == 2:
@@ -278,6 +302,13 @@ def schema_of(root: zarr.Group) -> OutputSchema:
     """The schema a store was written with: its number of time bins, and whether it holds the fit."""
     names = set(root.array_keys())
     return OutputSchema(int(root["time"].shape[0]) if "time" in names else 1, "dhdt" in names)
+
+
+def combine_checksums(digests: list[str]) -> str:
+    """One checksum of a task's chunks at every order (the child order's alone when there is one)."""
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256(":".join(digests).encode()).hexdigest()[:32]
 
 
 def read_checksum(root: zarr.Group, start: int, stop: int, schema: OutputSchema = OutputSchema()) -> str:
