@@ -72,7 +72,9 @@ def test_demo_has_realistic_density(demo_cache, demo_store, reference):
 def test_every_statistic_matches_brute_force(demo_store, reference):
     store, summary = demo_store
     ref, _ = reference
-    ds = xr.open_zarr(store).load()
+    full = xr.open_zarr(store, decode_times=False).load()  # t_mean as stored: seconds, like delta_time
+    assert full.sizes["time"] == 1  # the demo is one cycle: one time bin
+    ds = full.isel(time=0)
     ids = ds.cell_ids.values
     # every cell with data in the reference is in the store, and none of the store's other cells has data
     assert np.isin(ref.index.to_numpy(), ids).all()
@@ -99,5 +101,6 @@ def test_store_decodes_with_stock_xdggs(demo_store):
     assert raw.attrs["recipe_fingerprint"]
     assert raw.cell_ids.attrs == {"grid_name": "healpix", "level": 12, "indexing_scheme": "nested",
                                   "ellipsoid": "WGS84"}
-    # chunking: one parent cell (4096 children) per chunk
-    assert ds["h_mean"].encoding["chunks"] == (4096,)
+    # chunking: one time bin and one parent cell (4096 children) per chunk
+    assert ds["h_mean"].dims == ("time", "cells")
+    assert ds["h_mean"].encoding["chunks"] == (1, 4096)

@@ -16,6 +16,7 @@ import polaragg
 from polaragg.cli import main
 from polaragg.ledger import LEDGER_SUFFIX, read_records
 from polaragg.stats import STATS
+from polaragg.store import schema_of
 
 SUB_BBOX = (85.0, -87.0, 95.0, -85.0)
 BEAMS = ("gt1l", "gt1r", "gt2l", "gt2r", "gt3l", "gt3r")
@@ -40,7 +41,7 @@ def _true_parents(h5_path: Path, order: int = 6) -> set[int]:
 def sub(demo_cache, demo_store):
     """(granule folder, AOI parent cells, reference Dataset over them, granules crossing them)."""
     folder = demo_cache[0]
-    ref = xr.open_zarr(demo_store[0]).load()
+    ref = xr.open_zarr(demo_store[0], decode_times=False).load()  # every variable as stored (t_mean in seconds)
     recipe = demo_cache[1].model_copy(update={"aoi": demo_cache[1].aoi.model_copy(update={"bbox": SUB_BBOX})})
     plan = polaragg.runner.plan_recipe(recipe)
     parents = set(int(p) for p in plan.parents)
@@ -70,9 +71,17 @@ def _recipe(tmp_path: Path, folder: Path, base) -> str:
 
 
 def _assert_same(store: str, ref: xr.Dataset) -> None:
-    got = xr.open_zarr(store).load()
+    import zarr
+
+    got = xr.open_zarr(store, decode_times=False).load()
     np.testing.assert_array_equal(got.cell_ids.values, ref.cell_ids.values)
-    for spec in STATS:
+    np.testing.assert_array_equal(got.time.values, ref.time.values)
+    np.testing.assert_array_equal(got.time_bounds.values, ref.time_bounds.values)
+    variables = schema_of(zarr.open_group(store, mode="r")).variables
+    assert {s.name for s in STATS} <= {s.name for s in variables}
+    assert set(got.data_vars) == set(ref.data_vars) == {s.name for s in variables}
+    for spec in variables:
+        assert got[spec.name].dims == ref[spec.name].dims, spec.name
         np.testing.assert_allclose(got[spec.name].values, ref[spec.name].values, rtol=1e-12, atol=0,
                                    equal_nan=True, err_msg=spec.name)
 
@@ -264,7 +273,7 @@ def test_resume_reruns_a_task_whose_chunk_went_missing(finished, capsys):
     recipe, store, work, ref, _ = finished
     records = read_records(store)
     with_data = [i for i, r in enumerate(records) if r.observations > 0]
-    chunk = Path(store) / "h_mean" / "c" / str(with_data[0])
+    chunk = Path(store) / "h_mean" / "c" / "0" / str(with_data[0])  # bin 0 (the one time bin), the task's chunk
     assert chunk.exists()
     chunk.unlink()
     seconds = {(r.parent, r.child_lo): r.seconds for r in records}
@@ -283,9 +292,9 @@ def test_validate_detects_edited_values(finished, capsys):
     recipe, store, *_ = finished
     assert main(["validate", store]) == 0
     root = zarr.open_group(store, mode="r+")
-    h = root["h_mean"][:]
+    h = root["h_mean"][0]  # the one time bin
     k = int(np.flatnonzero(np.isfinite(h))[0])
-    root["h_mean"][k] = h[k] + 0.5  # counts untouched: only the checksum can tell
+    root["h_mean"][0, k] = h[k] + 0.5  # counts untouched: only the checksum can tell
     capsys.readouterr()
     assert main(["validate", store]) == 1
     assert "checksum" in capsys.readouterr().out
