@@ -324,3 +324,38 @@ def test_root_lists_the_pyramid_in_the_multiscales_convention(change_run):
     assert [e["order"] for e in layout] == list(range(11, 3, -1))
     assert layout[0]["asset"] == "." and all(e["derived_from"] == p["asset"] for p, e in zip(layout, layout[1:]))
     assert [e["transform"]["scale"][0] for e in layout] == [2.0**k for k in range(8)]
+
+
+def _same_store(a: str, b: str, groups: tuple[str, ...] = ()) -> None:
+    for group in (None, *groups):
+        x = xr.open_zarr(a, group=group, decode_times=False).load()
+        y = xr.open_zarr(b, group=group, decode_times=False).load()
+        assert set(x.data_vars) == set(y.data_vars)
+        np.testing.assert_array_equal(x.cell_ids.values, y.cell_ids.values)
+        for name in x.data_vars:
+            if np.issubdtype(x[name].dtype, np.integer):
+                np.testing.assert_array_equal(x[name].values, y[name].values, err_msg=f"{group} {name}")
+            else:
+                np.testing.assert_allclose(x[name].values, y[name].values, rtol=1e-12, atol=0, equal_nan=True,
+                                           err_msg=f"{group} {name}")
+
+
+def test_time_split_run_equals_the_unsplit_one(change_run, tmp_path):
+    """A memory bound below a parent's rows over all bins but above its rows in a few bins: each task reduces
+    its bins in groups, one group's rows at a time, and the store equals the unsplit one."""
+    from polaragg.memory import model_for
+    from polaragg.runner import plan_recipe
+
+    store0, _, folder = change_run
+    recipe = _recipe(str(Path(folder).parent), str(tmp_path / "split.zarr"))
+    unsplit = plan_recipe(recipe)
+    model = model_for("single-threaded")
+    busiest = max(t.expected_rows for t in unsplit.tasks)
+    recipe["executor"]["memory_per_task"] = str(int(model.baseline_bytes + model.bytes_per_row * busiest * 0.45))
+    plan = plan_recipe(recipe)
+    assert plan.split == 1 and len(plan.bin_groups) >= 3
+    assert plan.bin_groups[0][0] == 0 and plan.bin_groups[-1][1] == len(CYCLES)
+    assert all(a[1] == b[0] for a, b in zip(plan.bin_groups, plan.bin_groups[1:]))
+    assert max(t.projected_bytes for t in plan.tasks) <= int(recipe["executor"]["memory_per_task"])
+    polaragg.run(recipe, store=str(tmp_path / "split.zarr"), progress=False)
+    _same_store(str(tmp_path / "split.zarr"), store0, ("10", "6", "4"))

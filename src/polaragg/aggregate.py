@@ -28,7 +28,7 @@ from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
 from .change import group_moments
 from .projection import cell_centres_xy, polar_stereographic
-from .schema import OutputSchema, assemble_block
+from .schema import OutputSchema, assemble_block, stats_and_moments
 from .stats import grouped_stats
 from .timebins import NO_BIN, TimeBins
 
@@ -253,7 +253,12 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class ReduceJob:
-    """What the cell stage needs besides its index entries: where rows are and what to make of them."""
+    """What the cell stage needs besides its index entries: where rows are and what to make of them.
+
+    `bin_groups` are reduced one after another (time split: a task holds one group's rows at a time);
+    bins before `stored_bins` are not computed but read back from the task's own chunks of `store`
+    (appending bins to a store), so the fit covers every bin either way.
+    """
 
     location: Location
     chunk_cells: int
@@ -262,16 +267,25 @@ class ReduceJob:
     bins: TimeBins = PartitionJob.bins
     hemisphere: str = "south"
     shifts: tuple[int, ...] = (0,)  # the orders computed, as bits below the child order (2 per order)
+    bin_groups: tuple[tuple[int, int], ...] = ()  # () : all computed bins at once
+    granule_bins: tuple[int, ...] = field(default=(), repr=False)  # per plan granule: its bin, or NO_BIN
+    stored_bins: int = 0
+    store: str | None = None
+    storage_options: dict | None = field(default=None, repr=False)
+    orders: tuple[int, ...] = ()  # the order of each shift (names the store's groups)
 
     def rows(self) -> int:
         """Rows of a task's block: its cells at every order computed, child order first."""
         return sum(self.chunk_cells >> s for s in self.shifts)
 
+    def groups(self) -> tuple[tuple[int, int], ...]:
+        return self.bin_groups or ((self.stored_bins, self.bins.n),)
+
 
 def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: tuple[int, ...],
-                job: ReduceJob, first_cell: int) -> TaskResult:
-    """The block of one task (cells `first_cell` + 0..chunk_cells-1) from its index entries (one per
-    granule of the plan, plan order).
+                job: ReduceJob, first_cell: int, task_index: int = 0) -> TaskResult:
+    """The block of one task (cells `first_cell` + 0..chunk_cells-1, chunk `task_index`) from its index
+    entries (one per granule of the plan, plan order), at each order of `job.shifts`.
 
     Segments are concatenated with the task's listed granules first, in listing order, then the
     rest in plan order: the order a footprint-true read would see them, so sums are reproducible.
@@ -285,14 +299,40 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     rank[np.asarray(listed, np.int64)] = np.arange(len(listed))
     has = has[np.argsort(rank[has], kind="stable")]
     columns = row_columns(job.chunk_cells, job.bins.fit)
-    parts = [job.location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), columns) for g in has]
-    cols = {name: (np.concatenate([p[name] for p in parts]) if parts else np.empty(0, dtype))
-            for name, dtype in columns}
-    block = np.concatenate([task_block(cols, job, first_cell, shift) for shift in job.shifts])
+    parts: list[list[tuple[np.ndarray, np.ndarray | None]]] = [[] for _ in job.shifts]
+    n_obs, groups = 0, job.groups()
+    for lo, hi in groups:
+        mine = has
+        if len(groups) > 1 and job.granule_bins:  # a granule of one bin is read only for its group
+            gb = np.asarray(job.granule_bins, np.int64)[has]
+            mine = has[(gb == NO_BIN) | ((gb >= lo) & (gb < hi))]
+        segs = [job.location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), columns) for g in mine]
+        cols = {name: (np.concatenate([p[name] for p in segs]) if segs else np.empty(0, dtype))
+                for name, dtype in columns}
+        del segs
+        b = cols["bin"].astype(np.intp)
+        if lo > 0 or hi < job.bins.n:
+            inside = (b >= lo) & (b < hi)
+            cols = {k: v[inside] for k, v in cols.items()}
+            b = b[inside]
+        cols["bin"] = b - lo
+        n_obs += int(b.size)
+        for i, shift in enumerate(job.shifts):
+            parts[i].append(level_parts(cols, job, first_cell, shift, hi - lo))
+        del cols, b
+    blocks = []
+    for i, shift in enumerate(job.shifts):
+        stats = np.concatenate([p[0] for p in parts[i]])
+        moments = np.concatenate([p[1] for p in parts[i]]) if job.schema.fit else None
+        if job.stored_bins:
+            old_stats, old_moments = stored_parts(job, i, task_index)
+            stats = np.concatenate([old_stats, stats])
+            moments = np.concatenate([old_moments, moments]) if job.schema.fit else None
+        blocks.append(assemble_block(job.schema, stats, moments, job.bins.min_bins))
     listed_set = set(listed)
     return TaskResult(
-        block=block,
-        observations=int(cols["cell"].size),
+        block=np.concatenate(blocks),
+        observations=n_obs,
         granules_with_rows=tuple(granules[g].granule_id for g in has),
         failed=tuple(granules[g].granule_id for g in failed if int(g) in listed_set),
         seconds=time.perf_counter() - start,
@@ -300,19 +340,32 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     )
 
 
-def task_block(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int = 0) -> np.ndarray:
-    """The (cells x schema columns) block of a task's rows at the child order coarsened by `shift` bits
-    (2 per order): statistics per (bin, cell) from the rows themselves (exact quantiles), then the fit."""
-    schema, chunk = job.schema, job.chunk_cells >> shift
-    n_groups = schema.n_bins * chunk
+def level_parts(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int,
+                n_bins: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Statistics (n_bins, cells, len(STATS)) and, with the fit, moments (n_bins, cells, 15) of rows whose
+    `bin` is 0..n_bins-1, at the child order coarsened by `shift` bits (2 per order): exact quantiles."""
+    chunk = job.chunk_cells >> shift
+    n_groups = n_bins * chunk
     cell = cols["cell"].astype(np.intp) >> shift
-    group = cols["bin"].astype(np.intp) * chunk + cell
-    stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(schema.n_bins, chunk, -1)
+    group = cols["bin"] * chunk + cell
+    stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(n_bins, chunk, -1)
     moments = None
-    if schema.fit:
+    if job.schema.fit:
         cx, cy = cell_centres_xy((np.uint64(first_cell) >> np.uint64(shift)) + np.arange(chunk, dtype=np.uint64),
                                  job.child_order - shift // 2, job.hemisphere, num_threads=1)
         w = 1.0 / np.square(cols["sigma"].astype(np.float64))
         moments = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell],
-                                job.bins.years(cols["t"]), cols["h"].astype(np.float64)).reshape(schema.n_bins, chunk, -1)
-    return assemble_block(schema, stats, moments, job.bins.min_bins)
+                                job.bins.years(cols["t"]), cols["h"].astype(np.float64)).reshape(n_bins, chunk, -1)
+    return stats, moments
+
+
+def stored_parts(job: ReduceJob, level: int, task_index: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The statistics and moments of the bins before `job.stored_bins` of this task's chunk at one order,
+    read back from the store."""
+    from .store import read_chunk
+
+    shift = job.shifts[level]
+    n = job.chunk_cells >> shift
+    group = None if shift == 0 else str(job.orders[level])
+    values = read_chunk(job.store, group, task_index * n, n, job.schema, job.stored_bins, job.storage_options)
+    return stats_and_moments(values, job.schema)

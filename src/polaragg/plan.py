@@ -85,6 +85,8 @@ class Plan:
     hemisphere: str = "south"  # of the polar stereographic x, y of the change fit
     granule_bins: tuple[int, ...] = field(default=(), repr=False)  # per granule: its bin (cycle bins) or NO_BIN
     coarsest_order: int | None = None  # pyramid: every order from the child order to this one (None: none)
+    bin_groups: tuple[tuple[int, int], ...] = ()  # time split: groups of bins a task reduces in turn
+    stored_bins: int = 0  # appending: bins before this one are in the store already, read back, not computed
 
     @cached_property
     def schema(self) -> OutputSchema:
@@ -168,14 +170,16 @@ class Plan:
         granule_bin = self.granule_bins[position] if self.granule_bins else NO_BIN
         return partition_granule(self.granules[position], self.partition_job(location), projected, granule_bin)
 
-    def reduce(self, index: int, entries: np.ndarray, location: Location, every_order: bool = False) -> TaskResult:
+    def reduce(self, index: int, entries: np.ndarray, location: Location, every_order: bool = False,
+               store: str | None = None, storage_options: dict | None = None) -> TaskResult:
         """Run the cell stage for task `index` from its index entries (one per granule): the child order's
         block, and with `every_order` the block of each of `task_orders` after it."""
         job = ReduceJob(location, self.chunk_cells, self.grid.child_order, self.schema, self.time, self.hemisphere,
-                        self.shifts if every_order else (0,))
+                        self.shifts if every_order else (0,), self.bin_groups, self.granule_bins, self.stored_bins,
+                        store, storage_options, self.task_orders if every_order else self.task_orders[:1])
         place = self.task_place(index)
         first_cell = (place["parent"] << self.grid.shift) + place["child_lo"]
-        return reduce_task(entries, self.granules, self.listed(index), job, first_cell)
+        return reduce_task(entries, self.granules, self.listed(index), job, first_cell, index)
 
     def task_place(self, index: int) -> dict[str, int]:
         """Parent cell and first child of the task with a given index (of the whole plan)."""
@@ -218,6 +222,7 @@ def make_plan(
     granule_tasks: int | None = None,
     time: TimeBins | None = None,
     coarsest_order: int | None = None,
+    stored_bins: int = 0,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
@@ -232,7 +237,9 @@ def make_plan(
     if catalog.parent_order != grid.parent_order:
         raise ValueError(f"catalog parent order {catalog.parent_order} != grid parent order {grid.parent_order}")
     parents = np.unique(np.asarray(catalog.parents, dtype=np.uint64))
-    rows = catalog.expected_rows()
+    time = time or Plan.time
+    bin_of = _granule_bins(catalog, time)
+    rows, groups, group_share = _time_groups(catalog, time, bin_of, memory, memory_per_task)
     busiest = max(rows.values(), default=0.0)
     split = 1
     if memory_per_task is not None:
@@ -245,6 +252,8 @@ def make_plan(
     fine: dict[int, pd.DataFrame] = {}  # catalog.pairs_at by order: splits 2 and 4 share one order
     while True:
         tasks = _tasks(catalog, grid, parents, split, memory, rows, fine)
+        if len(groups) > 1:  # a task holds one group of bins at a time: its largest share of the rows
+            tasks = _grouped_projection(tasks, group_share, memory)
         worst = max((t.projected_bytes for t in tasks), default=0)
         if memory_per_task is None or worst <= memory_per_task:
             break
@@ -258,13 +267,69 @@ def make_plan(
         raise PlanError(f"granule {worst.granule_id} is projected to need {max(projected) / 2**20:.0f} MiB to "
                         f"partition, above memory per task {memory_per_task / 2**20:.0f} MiB; raise "
                         "executor.memory_per_task")
-    time = time or Plan.time
-    cycle_of = dict(zip(catalog.granules.granule_id.astype(str), catalog.granules.cycle.astype(int)))
-    granule_bins = tuple(time.granule_bin(cycle_of.get(g.granule_id, -1)) for g in granules)
+    granule_bins = tuple(time.granule_bin(bin_cycle) if time.kind == "cycle" else NO_BIN
+                         for bin_cycle in (bin_of.get(g.granule_id, (-1, NO_BIN))[0] for g in granules))
     return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
                 granules, projected, granules_per_task=per_block, time=time,
                 hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins,
-                coarsest_order=None if coarsest_order is None or coarsest_order >= grid.child_order else coarsest_order)
+                coarsest_order=None if coarsest_order is None or coarsest_order >= grid.child_order else coarsest_order,
+                bin_groups=groups if len(groups) > 1 else (), stored_bins=stored_bins)
+
+
+def _granule_bins(catalog: Catalog, time: TimeBins) -> dict[str, tuple[int, int]]:
+    """Each granule's (cycle, bin): its cycle's bin, or for date bins the bin of its mid time (NO_BIN if none)."""
+    cycles, begins, ends = catalog.time_spans()
+    ids = catalog.granules.granule_id.astype(str).tolist()
+    if time.kind == "cycle":
+        bins = [time.granule_bin(int(c)) for c in cycles]
+    else:
+        mid = np.where(np.isfinite(begins) & np.isfinite(ends), (begins + ends) / 2, np.nan)
+        bins = time.row_bins(np.nan_to_num(mid, nan=-1e300)).tolist()
+    return {g: (int(c), int(b)) for g, c, b in zip(ids, cycles, bins)}
+
+
+def _time_groups(catalog: Catalog, time: TimeBins, bin_of: dict[str, tuple[int, int]], memory: MemoryModel,
+                 memory_per_task: int | None) -> tuple[dict[int, float], tuple[tuple[int, int], ...], dict[int, float]]:
+    """Expected rows per parent, the groups of consecutive bins a task reduces in turn, and each parent's
+    largest share of its rows in one group.
+
+    One group (all bins) unless the busiest parent's rows over all bins would not fit `memory_per_task`:
+    then consecutive bins are grouped while the most any parent expects in the group fits."""
+    rows = catalog.expected_rows()
+    whole: tuple[tuple[int, int], ...] = ((0, time.n),)
+    busiest = max(rows.values(), default=0.0)
+    if memory_per_task is None or time.n < 2 or memory.projected(busiest, busiest) <= memory_per_task:
+        return rows, whole, {}
+    pairs = catalog.pairs()
+    b = np.array([bin_of.get(g, (-1, NO_BIN))[1] for g in pairs.granule_id.astype(str)], np.int64)
+    parent_ids = np.unique(pairs.parent.to_numpy(np.uint64))
+    p = np.searchsorted(parent_ids, pairs.parent.to_numpy(np.uint64))
+    per_bin = np.zeros((parent_ids.size, time.n))
+    known = b >= 0
+    np.add.at(per_bin, (p[known], b[known]), pairs.expected_rows.to_numpy(np.float64)[known])
+    unknown = np.bincount(p[~known], weights=pairs.expected_rows.to_numpy(np.float64)[~known],
+                          minlength=parent_ids.size)  # rows of granules of no known bin: in every group
+    limit = memory.rows_within(memory_per_task)
+    worst = per_bin.max(axis=0) if per_bin.size else np.zeros(time.n)
+    groups, lo, acc = [], 0, 0.0
+    for k in range(time.n):
+        if k > lo and acc + worst[k] + unknown.max(initial=0.0) > limit:
+            groups.append((lo, k))
+            lo, acc = k, 0.0
+        acc += worst[k]
+    groups.append((lo, time.n))
+    total = per_bin.sum(axis=1) + unknown
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.max([per_bin[:, a:z].sum(axis=1) + unknown for a, z in groups], axis=0) / total
+    shares = {int(q): float(v) if np.isfinite(v) else 1.0 for q, v in zip(parent_ids, share)}
+    return {k: v * shares.get(k, 1.0) for k, v in rows.items()}, tuple(groups), shares
+
+
+def _grouped_projection(tasks: list[Task], share: dict[int, float], memory: MemoryModel) -> list[Task]:
+    """Tasks' projected memory when they hold one group of bins at a time (their parent's largest share)."""
+    held = [t.expected_rows * share.get(t.parent, 1.0) for t in tasks]
+    busiest = max(held, default=0.0)
+    return [dataclasses.replace(t, projected_bytes=memory.projected(h, busiest)) for t, h in zip(tasks, held)]
 
 
 def _hemisphere(parents: np.ndarray, order: int) -> str:
@@ -413,13 +478,14 @@ class _ReduceAndStore:
         task = plan.tasks[index]
         reset_peak()
         start, cpu = time.perf_counter(), time.process_time()
-        result = plan.reduce(index, entries, self.location, every_order=True)
+        result = plan.reduce(index, entries, self.location, every_order=True, store=self.target.store,
+                             storage_options=self.target.storage_options)
         digests, row = [], 0
         for order, shift in zip(plan.task_orders, plan.shifts):
             n = plan.chunk_cells >> shift
             digests.append(write_block(self.target.store, task.index * n, result.block[row:row + n],
                                        storage_options=self.target.storage_options, schema=plan.schema,
-                                       group=None if shift == 0 else str(order)))
+                                       group=None if shift == 0 else str(order), bins_from=plan.stored_bins))
             row += n
         digest = combine_checksums(digests)
         result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)

@@ -167,3 +167,19 @@ def block_columns(block: np.ndarray, schema: OutputSchema = OutputSchema()) -> d
         values = values.T.astype(spec.dtype) if schema.is_per_bin(spec.name) else values[:, 0].astype(spec.dtype)
         out[spec.name] = values
     return out
+
+
+def stats_and_moments(values: dict[str, np.ndarray], schema: OutputSchema) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-bin statistics (bins, cells, len(STATS)) and fit moments (bins, cells, 15) from stored per-bin
+    variables ((bins, cells) each): the inverse of `assemble_block` for what it stores per bin."""
+    from .change import MOMENT_NAMES
+
+    count = np.asarray(values["count"])
+    stats = np.full(count.shape + (len(STATS),), np.nan)
+    for k, spec in enumerate(STATS):
+        if spec.name in values:
+            stats[:, :, k] = values[spec.name]
+    moments = None
+    if schema.fit:
+        moments = np.stack([np.asarray(values[MOMENT_VARIABLES[key]], np.float64) for key in MOMENT_NAMES], axis=-1)
+    return stats, moments

@@ -205,6 +205,9 @@ def create_store(
         _create_level(group, ids, level_chunk, level_schema, bins, {**grid.cell_id_attrs(), "level": order})
 
 
+REFITTED = ("dh", "dh_sigma")  # per-bin variables that depend on every bin (through the fit)
+
+
 def multiscales_attrs(child_order: int, orders: list[int]) -> dict:
     """The zarr-conventions `multiscales` layout: the root group (".", the child order) and one child group per
     coarser order, each derived from the next finer one (the cell edge doubles per order)."""
@@ -273,7 +276,7 @@ def checksum(columns: dict[str, np.ndarray], schema: OutputSchema = OutputSchema
 
 def write_block(
     url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None,
-    schema: OutputSchema = OutputSchema(), group: str | None = None,
+    schema: OutputSchema = OutputSchema(), group: str | None = None, bins_from: int = 0,
 ) -> str:
     """Write a task's (cells x columns) block as chunk `start // len(block)` of every array; return its
     checksum.
@@ -290,7 +293,8 @@ def write_block(
     for name, values in columns.items():
         le = values.dtype.newbyteorder("<")
         if values.ndim == 2:
-            for b in range(values.shape[0]):
+            # Appending: earlier bins hold what they held, except the anomalies about the new fit.
+            for b in range(0 if name in REFITTED else bins_from, values.shape[0]):
                 put_whole(f"{base}/{name}/c/{b}/{i}", [_ZSTD.encode(np.ascontiguousarray(values[b], dtype=le))],
                           storage_options)
         else:
@@ -302,6 +306,14 @@ def schema_of(root: zarr.Group) -> OutputSchema:
     """The schema a store was written with: its number of time bins, and whether it holds the fit."""
     names = set(root.array_keys())
     return OutputSchema(int(root["time"].shape[0]) if "time" in names else 1, "dhdt" in names)
+
+
+def read_chunk(url: str, group: str | None, start: int, n: int, schema: OutputSchema, n_bins: int,
+               storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """The first `n_bins` bins of every per-bin variable of cells [start, start + n) of one order's group."""
+    root = zarr.open_group(zarr_store(url, storage_options), mode="r", zarr_format=3)
+    level = root[group] if group else root
+    return {spec.name: level[spec.name][:n_bins, start:start + n] for spec in schema.per_bin}
 
 
 def combine_checksums(digests: list[str]) -> str:
