@@ -10,19 +10,31 @@ from polaragg.aggregate import index_row
 from polaragg.intermediate import Location
 from polaragg.ledger import read_records
 from polaragg.runner import plan_recipe
-from polaragg.stats import STAT_INDEX, STATS
+from polaragg.stats import STATS
 
 EXECUTORS = ["single-threaded", "processes", "lithops-local", "dask", "dask-distributed"]
 
 
+def _open(store: str) -> xr.Dataset:
+    """A store with every variable as stored (t_mean in seconds, like the lazy Dataset's) and `time` decoded
+    (datetime64, like the lazy Dataset's)."""
+    ds = xr.open_zarr(store, decode_times=False)
+    decoded = xr.open_zarr(store)
+    return ds.assign_coords(time=decoded.time, time_bounds=decoded.time_bounds)
+
+
 def _assert_same_store(a: xr.Dataset, b: xr.Dataset):
     np.testing.assert_array_equal(a.cell_ids.values, b.cell_ids.values)
-    for spec in STATS:
-        x, y = a[spec.name].values, b[spec.name].values
-        if spec.dtype == "int64":
-            np.testing.assert_array_equal(x, y, err_msg=spec.name)
+    np.testing.assert_array_equal(a.time.values, b.time.values)
+    np.testing.assert_array_equal(a.time_bounds.values, b.time_bounds.values)
+    assert set(a.data_vars) == set(b.data_vars) >= {spec.name for spec in STATS}
+    for name in a.data_vars:
+        x, y = a[name], b[name]
+        assert x.dims == y.dims and x.dtype == y.dtype, name
+        if x.dtype.kind in "iu":
+            np.testing.assert_array_equal(x.values, y.values, err_msg=name)
         else:
-            np.testing.assert_allclose(x, y, rtol=1e-12, atol=0, equal_nan=True, err_msg=spec.name)
+            np.testing.assert_allclose(x.values, y.values, rtol=1e-12, atol=0, equal_nan=True, err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +48,17 @@ def serial_reference(demo_recipe, tmp_path_factory):
     return plan.cell_ids(), np.concatenate(blocks)
 
 
-def test_threads_store_equals_plain_serial_loop(demo_store, serial_reference):
+def test_threads_store_equals_plain_serial_loop(demo_recipe, demo_store, serial_reference):
     store, _ = demo_store
     ids, block = serial_reference
-    ds = xr.open_zarr(store).load()
+    ds = xr.open_zarr(store, decode_times=False).load()
     np.testing.assert_array_equal(ds.cell_ids.values, ids)
-    for spec in STATS:
-        np.testing.assert_array_equal(ds[spec.name].values, block[:, STAT_INDEX[spec.name]].astype(spec.dtype),
-                                      err_msg=spec.name)
+    schema = plan_recipe(demo_recipe).schema
+    assert {spec.name for spec in STATS} <= {spec.name for spec in schema.variables} == set(ds.data_vars)
+    for spec in schema.variables:
+        columns = block[:, schema.columns(spec.name)]  # (cells, bins) of a per-bin variable, (cells, 1) else
+        expected = (columns.T if schema.is_per_bin(spec.name) else columns[:, 0]).astype(spec.dtype)
+        np.testing.assert_array_equal(ds[spec.name].values, expected, err_msg=spec.name)
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
@@ -53,7 +68,7 @@ def test_every_executor_gives_the_same_store(executor, demo_recipe, demo_store, 
     summary = polaragg.run(demo_recipe, store=store, executor=executor, progress=False)
     assert summary.executor == executor
     assert summary.observations == ref_summary.observations
-    _assert_same_store(xr.open_zarr(store).load(), xr.open_zarr(store_ref).load())
+    _assert_same_store(_open(store).load(), _open(store_ref).load())
     assert {r.executor for r in read_records(store)} == {executor}
 
 
@@ -83,9 +98,9 @@ def test_split_tasks_stay_under_the_memory_bound_and_equal_the_unsplit_result(de
           f"{plan.max_projected_bytes / 2**20:.0f} MiB)")
     assert peaks.max() < bound
     assert all(r.peak_memory_bytes <= r.projected_memory_bytes for r in records)
-    split = xr.open_zarr(store)
-    assert split["h_mean"].encoding["chunks"] == (4096 // plan.split,)
-    ref = xr.open_zarr(demo_store[0])
+    split = _open(store)
+    assert split["h_mean"].encoding["chunks"] == (1, 4096 // plan.split)
+    ref = _open(demo_store[0])
     ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, split.cell_ids.values)))
     _assert_same_store(split.load(), ref.load())
 
@@ -100,7 +115,7 @@ def test_lazy_dataset_reads_nothing_until_compute_and_each_granule_once(demo_rec
     decoded = ds.dggs.decode()  # xdggs decodes the lazy dataset before any compute
     assert decoded.dggs.grid_info.level == 12
     assert read.OPENS == {}
-    assert ds["h_mean"].chunks == ((4096,) * len(plan.parents),)
+    assert ds["h_mean"].chunks == ((1,), (4096,) * len(plan.parents))
 
     task = max(plan.tasks, key=lambda t: len(t.granules))
     k = int(np.searchsorted(plan.parents, task.parent))
@@ -110,7 +125,7 @@ def test_lazy_dataset_reads_nothing_until_compute_and_each_granule_once(demo_rec
     assert set(read.OPENS) == {g.url for g in plan.granules}
     assert all(n == 1 for n in read.OPENS.values())
     assert len(read.OPENS) > len(task.granules)
-    ref = xr.open_zarr(demo_store[0]).isel(cells=slice(k * 4096, (k + 1) * 4096)).load()
+    ref = _open(demo_store[0]).isel(cells=slice(k * 4096, (k + 1) * 4096)).load()
     _assert_same_store(one, ref)
 
 
@@ -145,6 +160,6 @@ def test_full_lazy_compute_reads_each_granule_once_and_equals_the_store(chunk_ma
     ds = polaragg.open_dataset(recipe, chunk_manager=chunk_manager).compute()
     assert set(read.OPENS) == {g.url for g in plan.granules} and set(read.OPENS.values()) == {1}
     assert len(plan.granules) < sum(len(t.granules) for t in plan.tasks)  # fewer reads than (granule, task) pairs
-    ref = xr.open_zarr(demo_store[0])
+    ref = _open(demo_store[0])
     ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, ds.cell_ids.values))).load()
     _assert_same_store(ds, ref)
