@@ -326,6 +326,8 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
         moments = np.concatenate([p[1] for p in parts[i]]) if job.schema.fit else None
         if job.stored_bins:
             old_stats, old_moments = stored_parts(job, i, task_index)
+            if shift == 0:  # the task's observations: those stored before and those added now
+                n_obs += int(np.nansum(old_stats[:, :, 0]))
             stats = np.concatenate([old_stats, stats])
             moments = np.concatenate([old_moments, moments]) if job.schema.fit else None
         blocks.append(assemble_block(job.schema, stats, moments, job.bins.min_bins))

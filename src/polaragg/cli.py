@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     summary = run(args.recipe, store=args.store, executor=args.executor, max_workers=args.workers,
-                  resume=args.resume, overwrite=True if args.overwrite else None)
+                  resume=args.resume, overwrite=True if args.overwrite else None, append=args.append)
     print(summary.format())
     print(_cost_text(summary.store))
     return 0 if summary.cells_failed == 0 else 3
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only tasks without an ok/empty ledger record for this recipe and its inputs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing polaragg store at the path (never anything else)")
+    p.add_argument("--append", action="store_true",
+                   help="add the recipe's new time bins (e.g. a new cycle) to the store, refitting from its sums")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="progress and failures (grouped by reason) of a store")

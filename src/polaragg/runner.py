@@ -138,6 +138,7 @@ def run(
     max_workers: int | None = None,
     resume: bool = False,
     overwrite: bool | None = None,
+    append: bool = False,
     progress: bool = True,
     stream: TextIO | None = None,
 ) -> RunSummary:
@@ -147,6 +148,10 @@ def run(
     with `overwrite=True` (default: the recipe's `output.overwrite`) and anything else is refused.
     With `resume=True`, tasks that already left an ok or empty record for the same recipe and
     inputs, and whose chunk still holds what they wrote, are skipped; the rest run again.
+    With `append=True` the recipe's time bins must extend the store's (same recipe otherwise, the
+    store's bins first and their granules unchanged): only the new bins' granules are read, every task
+    adds its new bins and refits its cells over all bins from the stored moments, and the pyramid's
+    merged orders are merged again; an interrupted append finishes with `append=True` again.
     """
     from .lock import refuse_if_locked
 
@@ -170,15 +175,21 @@ def run(
     if not partitions_location(store).is_ours():
         raise StoreError(f"{store}{PARTITIONS_SUFFIX} exists and was not made by polaragg; move it away or "
                          "choose another store")
-    if state == "polaragg" and not (resume or overwrite):
+    if append and state != "polaragg":
+        raise StoreError(f"{store} holds no polaragg store to append to; run without --append to make one")
+    if state == "polaragg" and not (resume or overwrite or append):
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "
-                         "replace it or --resume to finish it")
+                         "replace it, --resume to finish it or --append to add time bins")
     preflight(choice)  # a cloud executor's service answers, before anything is created
     catalog = load_catalog(recipe)
-    plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
-    inputs = _inputs(plan, catalog)
+    if append:
+        plan, inputs = _append_plan(recipe, catalog, store, choice)
+    else:
+        plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
+        inputs = _inputs(plan, catalog)
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
-    job = _Job(recipe, store, choice, state, resume, plan, catalog, inputs, fingerprint, progress, stream, start)
+    job = _Job(recipe, store, choice, state, resume or append, plan, catalog, inputs, fingerprint, progress, stream,
+               start, append)
     try:
         return _run_locked(job)
     except OSError as exc:
@@ -203,6 +214,7 @@ class _Job:
     progress: bool
     stream: TextIO
     start: float
+    append: bool = False
 
 
 def _run_locked(job: _Job) -> RunSummary:
@@ -216,7 +228,10 @@ def _run_locked(job: _Job) -> RunSummary:
     location = partitions_location(store)
     with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
-        if job.resume and job.state == "polaragg":
+        if job.append:
+            _begin_append(store, job)
+            done = _verified_done(store, read_records(store), fingerprint, plan, stream)
+        elif job.resume and job.state == "polaragg":
             records = _check_resumable(store, recipe.fingerprint(), fingerprint, job.inputs, plan)
             done = _verified_done(store, records, fingerprint, plan, stream)
         else:
@@ -226,7 +241,8 @@ def _run_locked(job: _Job) -> RunSummary:
             clear_records(store)  # records left beside a store that is gone
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
-                          "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint},
+                          "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint,
+                          "task_orders": list(plan.task_orders)},
                          chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid())
             write_inputs(store, job.inputs)
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
@@ -252,7 +268,7 @@ def _run_locked(job: _Job) -> RunSummary:
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
-                               "run_cost": json.dumps(cost.to_dict())})
+                               "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
         if all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan):
             location.remove()  # kept otherwise: a resume reuses the granules already partitioned
     return summary
@@ -408,6 +424,106 @@ def _child_cells_with_data(store: str) -> int:
     return int(np.count_nonzero(counts.reshape(-1, counts.shape[-1]).sum(axis=0)))
 
 
+def _append_plan(recipe: Recipe, catalog: Catalog, store: str, choice: ExecutorChoice) -> tuple[Plan, list[dict]]:
+    """The plan that adds the recipe's new time bins to a store, and the inputs of the whole store.
+
+    Refused, saying why: a store made by a recipe that differs in more than `time`; bins that do not
+    start with the store's; a store without the fit's moments when the bins need the fit; granules of
+    the store's bins that changed; new granules reaching back into the store's bins."""
+    import zarr
+
+    from .plan import _granule_bins
+    from .store import schema_of, zarr_store
+
+    root = zarr.open_group(zarr_store(store), mode="r", zarr_format=3)
+    attrs = dict(root.attrs)
+    try:
+        made_by = load_recipe(json.loads(attrs["recipe"]))
+    except (KeyError, ValueError, RecipeError) as exc:
+        raise ResumeError(f"cannot append to {store}: it does not say which recipe made it ({exc})") from None
+    if recipe.model_copy(update={"time": made_by.time}).fingerprint() != attrs.get("recipe_fingerprint"):
+        raise ResumeError(f"cannot append to {store}: the recipe differs from the one that made it in more than its "
+                          "time section; write to a new store")
+    bins = recipe_time_bins(recipe, catalog)
+    stored = root["time_bounds"][:]
+    appending = attrs.get("appending")
+    n_old = int(appending["from"]) if appending else stored.shape[0]
+    if appending and stored.shape[0] != bins.n:
+        raise ResumeError(f"{store} is part way through appending to {stored.shape[0]} bins; append the same bins "
+                          f"again to finish it (this recipe has {bins.n})")
+    if bins.n <= n_old:
+        raise ResumeError(f"nothing to append: the recipe's {bins.n} time bin(s) add none to the store's {n_old}")
+    if not np.allclose(bins.bounds()[:n_old], stored[:n_old], rtol=0, atol=1e-3):
+        raise ResumeError(f"cannot append to {store}: the recipe's first {n_old} time bin(s) are not the store's "
+                          f"({', '.join(bins.labels[:n_old][:3])} ...); bins can only be added after the last one")
+    if schema_of(root).fit != bins.fit:
+        raise ResumeError(f"cannot append to {store}: it was made {'with' if schema_of(root).fit else 'without'} the "
+                          f"change fit and these bins {'need' if bins.fit else 'do not use'} it; set time.fit: true in "
+                          "the recipe that makes a store meant to grow")
+    cycles, begins, ends = catalog.time_spans()
+    bin_of = _granule_bins(catalog, bins)
+    ids = catalog.granules.granule_id.astype(str).to_numpy()
+    g_bin = np.array([bin_of[i][1] for i in ids], np.int64)
+    crosses = np.array([len(c) > 0 for c in catalog.granules.parent_cells], bool)
+    selected = bins.selects(cycles, begins, ends)
+    before = {i["granule"]: (i["url"], i["size"]) for i in read_inputs(store) or []}
+    sizes = dict(zip(ids, catalog.granules.size_bytes.fillna(0).astype("int64").tolist()))
+    urls = dict(zip(ids, catalog.granules.url.astype(str)))
+    old = selected & crosses & (g_bin >= 0) & (g_bin < n_old) if bins.kind == "cycle" else \
+        selected & crosses & ~(begins >= bins.ends[n_old - 1])
+    now = {i: (urls[i], sizes[i]) for i in ids[old]}
+    if now != before:
+        changed = sorted(set(now) ^ set(before)) or sorted(k for k in now if now[k] != before.get(k))
+        raise ResumeError(f"cannot append to {store}: the granules of its time bins changed ({len(changed)} granule(s), "
+                          f"e.g. {', '.join(changed[:3])}); run it again with --overwrite")
+    new = selected & ~old & (g_bin >= n_old if bins.kind == "cycle" else True)
+    grid = recipe.grid.grid()
+    from .memory import model_for
+
+    workers = choice.max_workers or recipe.executor.max_workers or os.cpu_count() or 1
+    plan = make_plan(catalog.select(new), grid, reader=recipe.reader, filters=recipe.filters.filters(),
+                     memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
+                     memory=model_for(choice.name, workers),
+                     granule_tasks=GRANULE_TASKS_PER_WORKER * workers if choice.name in GROUPED_EXECUTORS else None,
+                     time=bins, coarsest_order=recipe.output.coarsest_order, stored_bins=n_old)
+    stored_plan_inputs = [{"granule": g, "url": u, "size": int(z)} for g, (u, z) in before.items()]
+    inputs = sorted(stored_plan_inputs + _inputs(plan, catalog.select(new)), key=lambda i: i["granule"])
+    return plan, inputs
+
+
+def _begin_append(store: str, job: _Job) -> None:
+    """Grow every per-bin array of every order to the plan's bins and rewrite `time`; the store's recipe,
+    inputs and fingerprints become the append's (`appending` marks it until the run finishes)."""
+    import zarr
+
+    from .schema import time_coordinates
+    from .store import zarr_store
+
+    plan = job.plan
+    zstore = zarr_store(store)
+    root = zarr.open_group(zstore, mode="r+", zarr_format=3, use_consolidated=False)
+    centres, bounds, _ = time_coordinates(plan.time)
+    for level in [root, *(root[str(o)] for o, _, _ in plan.pyramid())]:
+        for name in level.array_keys():
+            arr = level[name]
+            if name == "time":
+                arr.resize(centres.shape)
+                arr[:] = centres
+            elif name == "time_bounds":
+                arr.resize(bounds.shape)
+                arr[:] = bounds
+            elif arr.metadata.dimension_names and arr.metadata.dimension_names[0] == "time" \
+                    and arr.shape[0] != plan.time.n:
+                arr.resize((plan.time.n,) + arr.shape[1:])
+    root.attrs.update({**recipe_attrs(job.recipe.model_dump(mode="json"), job.recipe.fingerprint()),
+                       "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": job.fingerprint,
+                       "appending": {"from": plan.stored_bins}})
+    write_inputs(store, job.inputs)
+    with warnings.catch_warnings():  # readers of the consolidated metadata (tasks, checks) see the new shapes
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(zstore)
+
+
 def _stored_checksum(root, plan: Plan, task: int) -> str:
     """Checksum of what task `task` wrote at each of its orders (as the task computed it)."""
     from .store import combine_checksums, read_checksum
@@ -428,7 +544,7 @@ def merge_coarser_orders(store: str, plan: Plan) -> None:
     from .pyramid import coarser
     from .store import zarr_store
 
-    root = zarr.open_group(zarr_store(store), mode="r+", zarr_format=3)
+    root = zarr.open_group(zarr_store(store), mode="r+", zarr_format=3, use_consolidated=False)
     finest = plan.task_orders[-1]
     level = root if finest == plan.grid.child_order else root[str(finest)]
     ids = level["cell_ids"][:]

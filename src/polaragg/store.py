@@ -329,11 +329,15 @@ def read_checksum(root: zarr.Group, start: int, stop: int, schema: OutputSchema 
                                  else root[spec.name][start:stop]) for spec in schema.variables}, schema)
 
 
-def finalize_store(url: str, attrs: dict, *, storage_options: dict | None = None) -> None:
-    """Add the run's attributes and consolidate metadata, as xarray's own `to_zarr` does."""
+def finalize_store(url: str, attrs: dict, *, storage_options: dict | None = None, drop: tuple[str, ...] = ()) -> None:
+    """Add the run's attributes (removing those named in `drop`) and consolidate metadata, as xarray's own
+    `to_zarr` does."""
     store = zarr_store(url, storage_options)
     root = zarr.open_group(store, mode="r+", zarr_format=3)
     root.attrs.update(attrs)
+    for key in drop:
+        if key in root.attrs:
+            del root.attrs[key]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(store)

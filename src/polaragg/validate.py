@@ -14,7 +14,7 @@ import zarr
 
 from .grid import Grid
 from .ledger import TaskRecord, read_records
-from .store import checksum, schema_of, zarr_store
+from .store import checksum, combine_checksums, schema_of, zarr_store
 
 XDGGS_ATTRS = ("grid_name", "level", "indexing_scheme", "ellipsoid")
 
@@ -138,6 +138,9 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
     problems += unrepaired_misses(all_records)
     fingerprint = attrs.get("run_fingerprint", attrs["recipe_fingerprint"])
     values = {spec.name: root[spec.name][:] for spec in schema.variables}
+    # Orders each task wrote besides the child order (pyramid groups computed in the tasks).
+    finer = [(o, grid.child_order - o) for o in attrs.get("task_orders", [grid.child_order])[1:]]
+    level_values = {o: {spec.name: root[str(o)][spec.name][:] for spec in schema.variables} for o, _ in finer}
     for k in range(ids.size // chunk):
         start = k * chunk
         parent = int(ids[start] >> np.uint64(grid.shift))
@@ -157,7 +160,10 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
             problems.append(f"{where}: store counts {stored:,} observations, the ledger {record.observations:,}")
         if not record.checksum:
             problems.append(f"{where}: ledger record has no checksum of its chunk")
-        elif checksum({k: v[..., start:start + chunk] for k, v in values.items()}, schema) != record.checksum:
+        elif combine_checksums(
+                [checksum({k: v[..., start:start + chunk] for k, v in values.items()}, schema)]
+                + [checksum({k: v[..., (start >> 2 * d):(start + chunk) >> 2 * d] for k, v in level_values[o].items()},
+                            schema) for o, d in finer]) != record.checksum:
             problems.append(f"{where}: stored values differ from what the task wrote (checksum mismatch)")
     for (parent, child_lo) in sorted(records):
         problems.append(f"ledger record for parent {parent} children from {child_lo} has no place in the store")
