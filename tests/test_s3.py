@@ -66,6 +66,8 @@ def _recipe(doc, catalog, path, reader):
 def _assert_same_store(got, want):
     assert list(got.data_vars) == list(want.data_vars)
     np.testing.assert_array_equal(got.cell_ids.values, want.cell_ids.values)
+    np.testing.assert_array_equal(got.time.values, want.time.values)
+    np.testing.assert_array_equal(got.time_bounds.values, want.time_bounds.values)
     for name in want.data_vars:
         a, b = got[name].values, want[name].values
         assert a.dtype == b.dtype, name
