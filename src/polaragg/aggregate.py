@@ -28,6 +28,7 @@ from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
 from .change import group_moments
 from .projection import cell_centres_xy, polar_stereographic
+from .pyramid import moments_up
 from .schema import OutputSchema, assemble_block, stats_and_moments
 from .stats import grouped_stats
 from .timebins import NO_BIN, TimeBins
@@ -317,8 +318,10 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
             b = b[inside]
         cols["bin"] = b - lo
         n_obs += int(b.size)
+        finer = None
         for i, shift in enumerate(job.shifts):
-            parts[i].append(level_parts(cols, job, first_cell, shift, hi - lo))
+            finer = level_parts(cols, job, first_cell, shift, hi - lo, finer if i else None)
+            parts[i].append(finer)
         del cols, b
     blocks = []
     for i, shift in enumerate(job.shifts):
@@ -342,17 +345,21 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     )
 
 
-def level_parts(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int,
-                n_bins: int) -> tuple[np.ndarray, np.ndarray | None]:
+def level_parts(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int, n_bins: int,
+                finer: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Statistics (n_bins, cells, len(STATS)) and, with the fit, moments (n_bins, cells, 15) of rows whose
-    `bin` is 0..n_bins-1, at the child order coarsened by `shift` bits (2 per order): exact quantiles."""
+    `bin` is 0..n_bins-1, at the child order coarsened by `shift` bits (2 per order): statistics from the
+    rows (exact quantiles); moments merged from those of the next finer order when given (`finer`)."""
     chunk = job.chunk_cells >> shift
     n_groups = n_bins * chunk
     cell = cols["cell"].astype(np.intp) >> shift
     group = cols["bin"] * chunk + cell
     stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(n_bins, chunk, -1)
     moments = None
-    if job.schema.fit:
+    if job.schema.fit and finer is not None:
+        order = job.child_order - shift // 2
+        moments = moments_up(finer[1], (first_cell >> (shift - 2)), order + 1, job.hemisphere)
+    elif job.schema.fit:
         cx, cy = cell_centres_xy((np.uint64(first_cell) >> np.uint64(shift)) + np.arange(chunk, dtype=np.uint64),
                                  job.child_order - shift // 2, job.hemisphere, num_threads=1)
         w = 1.0 / np.square(cols["sigma"].astype(np.float64))

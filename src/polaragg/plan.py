@@ -87,6 +87,7 @@ class Plan:
     coarsest_order: int | None = None  # pyramid: every order from the child order to this one (None: none)
     bin_groups: tuple[tuple[int, int], ...] = ()  # time split: groups of bins a task reduces in turn
     stored_bins: int = 0  # appending: bins before this one are in the store already, read back, not computed
+    time_chunk: int = 0  # bins per chunk of the store's per-bin arrays (0: all of the plan's bins)
 
     @cached_property
     def schema(self) -> OutputSchema:
@@ -223,6 +224,7 @@ def make_plan(
     time: TimeBins | None = None,
     coarsest_order: int | None = None,
     stored_bins: int = 0,
+    time_chunk: int = 0,
 ) -> Plan:
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
@@ -273,7 +275,7 @@ def make_plan(
                 granules, projected, granules_per_task=per_block, time=time,
                 hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins,
                 coarsest_order=None if coarsest_order is None or coarsest_order >= grid.child_order else coarsest_order,
-                bin_groups=groups if len(groups) > 1 else (), stored_bins=stored_bins)
+                bin_groups=groups if len(groups) > 1 else (), stored_bins=stored_bins, time_chunk=time_chunk)
 
 
 def _granule_bins(catalog: Catalog, time: TimeBins) -> dict[str, tuple[int, int]]:
@@ -485,7 +487,8 @@ class _ReduceAndStore:
             n = plan.chunk_cells >> shift
             digests.append(write_block(self.target.store, task.index * n, result.block[row:row + n],
                                        storage_options=self.target.storage_options, schema=plan.schema,
-                                       group=None if shift == 0 else str(order), bins_from=plan.stored_bins))
+                                       group=None if shift == 0 else str(order), bins_from=plan.stored_bins,
+                                       time_chunk=plan.time_chunk))
             row += n
         digest = combine_checksums(digests)
         result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)

@@ -61,6 +61,20 @@ def coarser(ids: np.ndarray, values: dict[str, np.ndarray], order: int, schema: 
     return out_ids, block_columns(assemble_block(schema, stats, moments, min_bins), schema)
 
 
+def moments_up(m: np.ndarray, first_id: int, order: int, hemisphere: str = "south") -> np.ndarray:
+    """The fit's moments (bins, n, 15) of the n cells first_id.. of `order` (n a multiple of 4, whole
+    sibling groups) merged into their n/4 parents, x and y moved to each parent's centre."""
+    n = m.shape[1]
+    ids = np.uint64(first_id) + np.arange(n, dtype=np.uint64)
+    cx, cy = cell_centres_xy(ids, order, hemisphere, num_threads=1)
+    px, py = cell_centres_xy(ids[::4] >> np.uint64(2), order - 1, hemisphere, num_threads=1)
+    seg = np.arange(n) // 4
+    m = m.copy()
+    m[..., 1] += (cx - px[seg])[None, :]
+    m[..., 2] += (cy - py[seg])[None, :]
+    return _merge_segments(m, np.arange(0, n, 4), seg)
+
+
 def _merge_segments(m: np.ndarray, start: np.ndarray, seg: np.ndarray) -> np.ndarray:
     """Weighted moments (bins, cells, 15) merged over contiguous segments of cells (Chan's formula)."""
     w = m[..., 0]

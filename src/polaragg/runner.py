@@ -243,7 +243,8 @@ def _run_locked(job: _Job) -> RunSummary:
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
                           "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint,
                           "task_orders": list(plan.task_orders)},
-                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid())
+                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid(),
+                         time_chunk=plan.time_chunk)
             write_inputs(store, job.inputs)
         with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                 else contextlib.nullcontext():
@@ -485,7 +486,8 @@ def _append_plan(recipe: Recipe, catalog: Catalog, store: str, choice: ExecutorC
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(choice.name, workers),
                      granule_tasks=GRANULE_TASKS_PER_WORKER * workers if choice.name in GROUPED_EXECUTORS else None,
-                     time=bins, coarsest_order=recipe.output.coarsest_order, stored_bins=n_old)
+                     time=bins, coarsest_order=recipe.output.coarsest_order, stored_bins=n_old,
+                     time_chunk=int(root["count"].chunks[0]))
     stored_plan_inputs = [{"granule": g, "url": u, "size": int(z)} for g, (u, z) in before.items()]
     inputs = sorted(stored_plan_inputs + _inputs(plan, catalog.select(new)), key=lambda i: i["granule"])
     return plan, inputs

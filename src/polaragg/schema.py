@@ -17,7 +17,7 @@ from functools import cached_property
 import numpy as np
 
 from .cycles import CF_TIME_UNITS, TIME_SCALE_NOTE
-from .stats import QUANTILES, STATS, ZERO_WHEN_EMPTY, StatSpec
+from .stats import QUANTILES, STAT_INDEX, STATS, ZERO_WHEN_EMPTY, StatSpec
 
 # The fit's moments (change.MOMENT_NAMES order) and the stored variable holding each.
 MOMENT_VARIABLES: dict[str, str] = {
@@ -143,6 +143,11 @@ def assemble_block(schema: OutputSchema, stats: np.ndarray, moments: np.ndarray 
         if spec.name in schema._offsets:
             block[:, schema.columns(spec.name)] = stats[:, :, k].T
     if schema.fit:
+        # The store keeps the statistics' sum_w and h_mean for the moments' w and h (they agree to rounding):
+        # fitting with exactly those makes a fit from stored moments (appending, merging) equal this one.
+        moments = moments.copy()
+        moments[..., 0] = stats[:, :, STAT_INDEX["sum_w"]]
+        moments[..., 4] = np.where(moments[..., 0] > 0, stats[:, :, STAT_INDEX["h_mean"]], np.nan)
         fit = fit_change(moments, stats[:, :, 0], min_bins=min_bins)
         for j, key in enumerate(MOMENT_NAMES):
             name = MOMENT_VARIABLES[key]

@@ -170,11 +170,12 @@ def create_store(
     schema: OutputSchema = OutputSchema(),
     bins=None,
     pyramid: tuple[tuple[int, int, OutputSchema], ...] = (),
+    time_chunk: int = 0,
 ) -> None:
     """Write the empty template: every variable at its empty value, chunked one task per chunk.
 
-    The root group is the child order. Per-bin variables are (time, cells) with one bin per chunk (so
-    bins can be added without rewriting others); per-cell ones (cells). `time` (bin centres) and
+    The root group is the child order. Per-bin variables are (time, cells) in chunks of `time_chunk` bins
+    (default: all of them; appended bins go to new chunks past those); per-cell ones (cells). `time` (bin centres) and
     `time_bounds` are CF-encoded seconds since 2018-01-01. The chunk is one parent's children unless
     the plan split parents to bound task memory. `pyramid` adds a group per coarser order, named by
     the order: (order, cells per chunk, its schema), and the root's `multiscales` layout lists them.
@@ -194,7 +195,8 @@ def create_store(
         "child_order": grid.child_order,
         **(multiscales_attrs(grid.child_order, [order for order, _, _ in pyramid]) if pyramid else {}),
     })
-    _create_level(root, cell_ids, chunk, schema, bins, grid.cell_id_attrs())
+    tc = time_chunk or schema.n_bins
+    _create_level(root, cell_ids, chunk, schema, bins, grid.cell_id_attrs(), tc)
     for order, level_chunk, level_schema in pyramid:
         shift = np.uint64(2 * (grid.child_order - order))
         ids = np.unique(cell_ids >> shift)
@@ -202,7 +204,7 @@ def create_store(
             "order": order, "quantiles": "exact, from the observations" if level_schema.quantiles else
             "absent: this order is merged from the sufficient statistics of finer orders, and exact quantiles "
             "need the observations themselves"})
-        _create_level(group, ids, level_chunk, level_schema, bins, {**grid.cell_id_attrs(), "level": order})
+        _create_level(group, ids, level_chunk, level_schema, bins, {**grid.cell_id_attrs(), "level": order}, tc)
 
 
 REFITTED = ("dh", "dh_sigma")  # per-bin variables that depend on every bin (through the fit)
@@ -229,7 +231,7 @@ def multiscales_attrs(child_order: int, orders: list[int]) -> dict:
 
 
 def _create_level(root: zarr.Group, cell_ids: np.ndarray, chunk: int, schema: OutputSchema, bins,
-                  cell_attrs: dict) -> None:
+                  cell_attrs: dict, time_chunk: int) -> None:
     ids = root.create_array(
         "cell_ids", shape=cell_ids.shape, chunks=(chunk,), dtype="uint64", fill_value=0,
         dimension_names=["cells"], attributes=cell_attrs,
@@ -247,7 +249,7 @@ def _create_level(root: zarr.Group, cell_ids: np.ndarray, chunk: int, schema: Ou
     for spec in schema.variables:
         per_bin = schema.is_per_bin(spec.name)
         arr = root.create_array(
-            spec.name, shape=(schema.n_bins, n) if per_bin else (n,), chunks=(1, chunk) if per_bin else (chunk,),
+            spec.name, shape=(schema.n_bins, n) if per_bin else (n,), chunks=(time_chunk, chunk) if per_bin else (chunk,),
             dtype=spec.dtype, fill_value=_fill(schema, spec),
             dimension_names=["time", "cells"] if per_bin else ["cells"], serializer=BytesCodec(endian="little"),
             compressors=_COMPRESSOR,
@@ -276,14 +278,16 @@ def checksum(columns: dict[str, np.ndarray], schema: OutputSchema = OutputSchema
 
 def write_block(
     url: str, start: int, block: np.ndarray, *, storage_options: dict | None = None,
-    schema: OutputSchema = OutputSchema(), group: str | None = None, bins_from: int = 0,
+    schema: OutputSchema = OutputSchema(), group: str | None = None, bins_from: int = 0, time_chunk: int = 0,
 ) -> str:
     """Write a task's (cells x columns) block as chunk `start // len(block)` of every array; return its
     checksum.
 
     The chunks are encoded as `create_store` declared them (little-endian bytes, zstd) and each is
-    written whole: one object per bin of a per-bin variable. Every chunk is written, empty ones too,
-    so the same files exist whichever executor ran the task.
+    written whole: per-bin variables in chunks of `time_chunk` bins (default: all), padded with the fill
+    value past the last bin. Every chunk is written, empty ones too, so the same files exist whichever
+    executor ran the task. `bins_from` (appending) skips chunks of earlier bins only, except for the
+    anomalies, which the new fit changes.
     """
     n = block.shape[0]
     if n == 0 or start % n:
@@ -293,9 +297,15 @@ def write_block(
     for name, values in columns.items():
         le = values.dtype.newbyteorder("<")
         if values.ndim == 2:
-            # Appending: earlier bins hold what they held, except the anomalies about the new fit.
-            for b in range(0 if name in REFITTED else bins_from, values.shape[0]):
-                put_whole(f"{base}/{name}/c/{b}/{i}", [_ZSTD.encode(np.ascontiguousarray(values[b], dtype=le))],
+            tc = time_chunk or values.shape[0]
+            fill = _fill(schema, next(s for s in schema.variables if s.name == name))
+            for r in range(-(-values.shape[0] // tc)):
+                if (r + 1) * tc <= bins_from and name not in REFITTED:
+                    continue  # appending: earlier bins hold what they held
+                rows = values[r * tc:(r + 1) * tc]
+                if rows.shape[0] < tc:
+                    rows = np.concatenate([rows, np.full((tc - rows.shape[0], n), fill, rows.dtype)])
+                put_whole(f"{base}/{name}/c/{r}/{i}", [_ZSTD.encode(np.ascontiguousarray(rows, dtype=le))],
                           storage_options)
         else:
             put_whole(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options)
