@@ -124,7 +124,8 @@ def _at_order(df: pd.DataFrame, order: int) -> pd.DataFrame:
 
 def _brute_fit(df: pd.DataFrame, order: int) -> dict[int, dict]:
     """Per cell: weighted lstsq of h = a + b x + c y + d (t - t0), x, y in EPSG:3031 metres about the cell
-    centre, t in years since 2018-01-01; errors scaled by max(1, residual); dh per cycle."""
+    centre, t in years since the first bin's start (cycle 15, from the reference table); errors scaled by
+    the residuals (observations and bins); dh per cycle."""
     to_ps = pyproj.Transformer.from_crs(4326, 3031, always_xy=True)
     x, y = to_ps.transform(df.lon.to_numpy(), df.lat.to_numpy())
     cells = df.cell.to_numpy()
@@ -132,7 +133,8 @@ def _brute_fit(df: pd.DataFrame, order: int) -> dict[int, dict]:
     clon, clat = hpn.healpix_to_lonlat(uniq, order, ellipsoid="WGS84")
     cx, cy = to_ps.transform(np.asarray(clon), np.asarray(clat))
     k = np.searchsorted(uniq, cells)
-    df = df.assign(x=x - cx[k], y=y - cy[k], ty=df.t / YEAR_S)
+    t0 = (datetime(2022, 3, 23, 3, 36, tzinfo=UTC) - datetime(2018, 1, 1, tzinfo=UTC)).total_seconds()  # cycle 15
+    df = df.assign(x=x - cx[k], y=y - cy[k], ty=(df.t - t0) / YEAR_S)  # t0: the first bin's start
     out = {}
     for cell, g in df.groupby("cell"):
         if g.cycle.nunique() < 3 or len(g) < 5:

@@ -85,3 +85,5 @@ def test_explicit_edges_and_the_fit_switch():
     # years since the reference, for the fit
     r = bins("cycle", catalog=[22], begins=[0.0], ends=[0.0], reference=datetime(2020, 1, 1))
     assert r.years(np.array([dt(2021, 1, 1)]))[0] == pytest.approx(366 / 365.25)
+    # by default t0 is the first bin's start: near the data, and unchanged when bins are appended
+    assert one.reference == delta_time_of(cycle_start(22)) == one.starts[0]

@@ -15,6 +15,12 @@ def _demo_recipe_path() -> Path:
     return Path(str(resources.files("polaragg") / "recipes" / "demo.yaml"))
 
 
+def _store_variables(store: str) -> set[str]:
+    import xarray as xr
+
+    return set(xr.open_zarr(store).data_vars)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
     from .runner import run
@@ -32,9 +38,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     store = str(out / "demo.zarr")
     print(f"[2/4] Catalog, plan and compute on '{args.executor or recipe.executor.name}' ...", flush=True)
     summary = run(recipe, store=store, executor=args.executor, overwrite=True)  # only ever a polaragg store
-    print("[3/4] Map ...", flush=True)
-    png = plot_store(store, var="h_mean", out=out / "demo_h_mean.png", title="polaragg demo: h_mean (order 12)")
+    print("[3/4] Maps ...", flush=True)
+    order = recipe.grid.child_order
+    png = plot_store(store, var="h_mean", out=out / "demo_h_mean.png",
+                     title=f"polaragg demo: h_mean, latest bin (order {order})")
     print(f"      {png}")
+    if "dhdt" in _store_variables(store):  # several cycles: the change per cell beside the heights
+        dhdt = plot_store(store, var="dhdt", out=out / "demo_dhdt.png", cmap="RdBu", vmin=-2.0, vmax=2.0,
+                          title=f"polaragg demo: dh/dt (m/yr), cells fitted over every cycle (order {order})")
+        print(f"      {dhdt}")
     print("[4/4] Done.\n")
     print(summary.format())
     print(_cost_text(store))
@@ -157,7 +169,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     bbox = tuple(args.bbox) if args.bbox else None
     rgts = tuple(range(args.rgt_start, args.rgt_stop, args.rgt_step))
-    granules = generate(args.out, SynthConfig(seed=args.seed, cycle=args.cycle, rgts=rgts,
+    granules = generate(args.out, SynthConfig(seed=args.seed, cycles=tuple(args.cycles), rgts=rgts,
                                               regions=tuple(args.regions), bbox=bbox))
     rows = sum(g.rows for g in granules)
     print(f"wrote {len(granules)} granules ({rows:,} rows) to {args.out}")
@@ -274,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write synthetic ATL06 granules and UMM-G records")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--cycle", type=int, default=22, help="ICESat-2 cycle (default 22)")
+    p.add_argument("--cycles", type=int, nargs="+", default=[22], metavar="CYCLE",
+                   help="ICESat-2 cycles, the same tracks repeated (default 22)")
     p.add_argument("--rgt-start", type=int, default=1, help="first reference ground track")
     p.add_argument("--rgt-stop", type=int, default=1388, help="last reference ground track (exclusive)")
     p.add_argument("--rgt-step", type=int, default=20, help="step between reference ground tracks")

@@ -330,7 +330,7 @@ class TimeConfig(_Model):
 
     `cycles` (a list or a start..stop range, read from granule names) and/or a date window [start, end)
     select; `bins` are `cycle` (default), `quarter`, `month` or a list of edges (instants). `reference`
-    is t0 of the per-cell change fit; `fit` computes it (default: when there are two bins or more) and
+    is t0 of the per-cell change fit (default: the start of the first bin); `fit` computes it (default: when there are two bins or more) and
     `min_bins` is the fewest bins with data a fitted cell needs. Naive times are UTC.
     """
 
@@ -338,7 +338,7 @@ class TimeConfig(_Model):
     start: datetime | None = None
     end: datetime | None = None
     bins: Literal["cycle", "quarter", "month"] | Annotated[list[datetime], Field(min_length=2)] = "cycle"
-    reference: datetime = datetime(2018, 1, 1)
+    reference: datetime | None = None  # default: the start of the first bin (kept when bins are appended)
     fit: bool | None = None
     min_bins: Annotated[int, Field(ge=2)] = 3
 

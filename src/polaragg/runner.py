@@ -242,7 +242,7 @@ def _run_locked(job: _Job) -> RunSummary:
             create_store(store, plan.cell_ids(), plan.grid,
                          {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
                           "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint,
-                          "task_orders": list(plan.task_orders)},
+                          "task_orders": list(plan.task_orders), **_time_attrs(plan)},
                          chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid(),
                          time_chunk=plan.time_chunk)
             write_inputs(store, job.inputs)
@@ -519,11 +519,24 @@ def _begin_append(store: str, job: _Job) -> None:
                 arr.resize((plan.time.n,) + arr.shape[1:])
     root.attrs.update({**recipe_attrs(job.recipe.model_dump(mode="json"), job.recipe.fingerprint()),
                        "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": job.fingerprint,
-                       "appending": {"from": plan.stored_bins}})
+                       **_time_attrs(plan), "appending": {"from": plan.stored_bins}})
     write_inputs(store, job.inputs)
     with warnings.catch_warnings():  # readers of the consolidated metadata (tasks, checks) see the new shapes
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(zstore)
+
+
+def _time_attrs(plan: Plan) -> dict:
+    """Root attributes of the time bins and the fit's reference instant."""
+    from .cycles import datetime_of
+
+    out = {"time_bins": plan.time.kind, "time_bin_labels": list(plan.time.labels)}
+    if plan.time.fit:
+        out["fit_reference"] = datetime_of(plan.time.reference).isoformat()
+        out["fit_model"] = ("h = a + b x + c y + dhdt (t - t0) per cell, weighted least squares (w = 1/h_li_sigma^2); "
+                            "x, y polar stereographic metres from the cell centre; t in years of 365.25 days from "
+                            "fit_reference; see docs/change-design.md")
+    return out
 
 
 def _stored_checksum(root, plan: Plan, task: int) -> str:

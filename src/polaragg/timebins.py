@@ -135,7 +135,6 @@ def make_time_bins(
         in_window &= ~(ends < window[0])
     if window[1] is not None:
         in_window &= ~(begins >= window[1])
-    ref = delta_time_of(_utc(reference)) if reference else 0.0
     if bins == "cycle":
         chosen = sorted(set(cycles)) if cycles else sorted({int(c) for c in catalog_cycles[in_window]})
         unknown = [c for c in chosen if not 1 <= c <= MAX_CYCLE]
@@ -169,5 +168,7 @@ def make_time_bins(
         labels = tuple(f"{a:%Y-%m-%dT%H:%M:%S}/{b:%Y-%m-%dT%H:%M:%S}" for a, b in zip(edges, edges[1:]))
         chosen, kind = [], "edges"
     do_fit = (len(starts) >= 2) if fit is None else bool(fit)
+    # t0 of the fit: given, or the first bin's start (near the data, and the same when bins are appended)
+    ref = delta_time_of(_utc(reference)) if reference else starts[0]
     selected = tuple(chosen) if kind == "cycle" else tuple(sorted(set(cycles or ())))
     return TimeBins(kind, starts, stops, labels, tuple(chosen), selected, window, ref, do_fit, min_bins)
