@@ -4,7 +4,7 @@ Both stages are checked: every cell-stage task (one per output chunk) and every 
 (its own record with its own peak window and projection, in the `granule_reports` of the ledger record
 that reports it, also where one granule-stage task partitions several granules).
 
-    .venv/bin/python benchmarks/memory.py [--recipe recipes/demo.yaml] [--executors NAME ...]
+    .venv/bin/python benchmarks/memory.py [--recipe recipes/one-cycle.yaml] [--executors NAME ...]
                                           [--densities 1 4] [--out benchmarks/results]
 
 Runs the recipe at 1x and at 4x its density (4 reference ground tracks where it has 1, same area and
@@ -35,7 +35,7 @@ import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = ROOT / "recipes" / "demo.yaml"
+DEFAULT_RECIPE = ROOT / "recipes" / "one-cycle.yaml"
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 OFFLINE_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed")
 MIB = 2**20

@@ -1,6 +1,6 @@
 """polaragg benchmark suite: the acceptance figures of the two-stage pipeline against the h5py read floor.
 
-    .venv/bin/python benchmarks/run.py [--recipe recipes/demo.yaml] [--executors NAME ...]
+    .venv/bin/python benchmarks/run.py [--recipe recipes/one-cycle.yaml] [--executors NAME ...]
                                        [--out benchmarks/results] [--quick]
 
 Measures, on this machine, and writes into --out:
@@ -42,7 +42,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_RECIPE = ROOT / "recipes" / "demo.yaml"
+DEFAULT_RECIPE = ROOT / "recipes" / "one-cycle.yaml"
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
 OFFLINE_EXECUTORS = ("single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed")
 SCALING_EXECUTORS = ("single-threaded", "threads", "processes")
@@ -1192,7 +1192,7 @@ def plot(path: Path, runs: list[RunResult], floor: Floor, scaling: list[RunResul
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/demo.yaml)")
+    p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/one-cycle.yaml)")
     p.add_argument("--executors", nargs="+", default=list(OFFLINE_EXECUTORS),
                    help="executors to compare (space or comma separated)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default: benchmarks/results)")

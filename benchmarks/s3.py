@@ -50,7 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
-DEMO_RECIPE = ROOT / "src" / "polaragg" / "recipes" / "demo.yaml"
+DEMO_RECIPE = ROOT / "recipes" / "one-cycle.yaml"
 BUCKET = "granules"
 GRANULE_PREFIX = f"{BUCKET}/*.h5"  # the proxy's key prefix of every granule object
 BEAMS = ("gt1l", "gt1r", "gt2l", "gt2r", "gt3l", "gt3r")

@@ -61,7 +61,7 @@ def demo_inputs() -> list[tuple]:
     from polaragg.sources import synthetic_folder
 
     warnings.simplefilter("ignore")
-    recipe = load_recipe(ROOT / "recipes" / "demo.yaml")
+    recipe = load_recipe(ROOT / "recipes" / "one-cycle.yaml")
     synthetic_folder(recipe.source)
     plan = plan_recipe(recipe)
     calls: list[tuple] = []

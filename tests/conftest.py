@@ -29,7 +29,7 @@ def cmr_server_factory(monkeypatch):
 
 
 # --- the demo, built once per session ------------------------------------------------------------
-DEMO_RECIPE = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+DEMO_RECIPE = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes" / "one-cycle.yaml"
 
 
 @pytest.fixture(scope="session")

@@ -27,15 +27,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .sources import synthetic_folder
     from .viz import plot_store
 
+    from .store import inspect_target
+
     out = Path(args.out)
     recipe = load_recipe(_demo_recipe_path())
+    store = str(out / "demo.zarr")
+    inspect_target(store)  # refuses a path that is not polaragg's before anything is generated
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"[1/4] Synthetic ATL06 granules (cached after the first run) ...", flush=True)
     folder = synthetic_folder(recipe.source)
     n = len(list(folder.glob("*.h5")))
     print(f"      {n} granules in {folder} ({time.perf_counter() - t0:.1f}s)", flush=True)
-    store = str(out / "demo.zarr")
     print(f"[2/4] Catalog, plan and compute on '{args.executor or recipe.executor.name}' ...", flush=True)
     summary = run(recipe, store=store, executor=args.executor, overwrite=True)  # only ever a polaragg store
     print("[3/4] Maps ...", flush=True)
