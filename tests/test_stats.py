@@ -271,3 +271,29 @@ def test_merge_equals_joint_computation():
                  "h_max", "t_mean"):
         np.testing.assert_allclose(merged[:, STAT_INDEX[name]], joint[:, STAT_INDEX[name]], rtol=1e-9,
                                    equal_nan=True, err_msg=name)
+
+
+def test_coarser_stats_equal_the_statistics_of_the_coarsened_cells():
+    """Merging groups of 4 cells (sums, Chan's second moment, the keys re-sorted for order statistics) gives
+    what grouping the rows by the coarser cell gives: order statistics bit for bit, sums to rounding."""
+    from polaragg.stats import STAT_INDEX, coarser_stats, grouped_stats_keys
+
+    rng = np.random.default_rng(11)
+    n, cells = 200_000, 4096
+    cell = rng.integers(0, cells, n)
+    cell[rng.random(n) < 0.3] = 17  # a busy cell, and (below) empty ones
+    cell[(cell >= 128) & (cell < 256)] = 99  # cells 128-255 empty: whole coarse cells at every factor here
+    h = rng.normal(1500.0, 800.0, n).astype(np.float32)
+    sigma = rng.uniform(0.02, 0.2, n).astype(np.float32)
+    t = rng.uniform(0, 1e8, n)
+    block, key = grouped_stats_keys(cell, h, sigma, t, cells)
+    for factor_steps in (1, 2, 3):
+        merged, mkey = block, key
+        for _ in range(factor_steps):
+            merged, mkey = coarser_stats(merged, mkey)
+        direct = grouped_stats(cell >> (2 * factor_steps), h, sigma, t, cells >> (2 * factor_steps))
+        for name in ("h_min", "h_max", "h_q25", "h_q50", "h_q75"):
+            np.testing.assert_array_equal(merged[:, STAT_INDEX[name]], direct[:, STAT_INDEX[name]], err_msg=name)
+        np.testing.assert_array_equal(merged[:, STAT_INDEX["count"]], direct[:, STAT_INDEX["count"]])
+        np.testing.assert_allclose(merged, direct, rtol=1e-10, atol=1e-6, equal_nan=True)
+        assert (direct[:, STAT_INDEX["count"]] == 0).any()  # empty coarse cells are part of the check

@@ -30,7 +30,7 @@ from .change import group_moments
 from .projection import cell_centres_xy, polar_stereographic
 from .pyramid import moments_up
 from .schema import OutputSchema, assemble_block, stats_and_moments
-from .stats import grouped_stats
+from .stats import coarser_stats, grouped_stats_keys
 from .timebins import NO_BIN, TimeBins
 
 COLUMNS: tuple[str, ...] = atl06.COORDINATES + atl06.PAYLOAD
@@ -346,26 +346,34 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
 
 
 def level_parts(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, shift: int, n_bins: int,
-                finer: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Statistics (n_bins, cells, len(STATS)) and, with the fit, moments (n_bins, cells, 15) of rows whose
-    `bin` is 0..n_bins-1, at the child order coarsened by `shift` bits (2 per order): statistics from the
-    rows (exact quantiles); moments merged from those of the next finer order when given (`finer`)."""
+                finer: tuple | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Statistics (n_bins, cells, len(STATS)), with the fit moments (n_bins, cells, 15), and the sorted
+    height keys, of rows whose `bin` is 0..n_bins-1, at the child order coarsened by `shift` bits (2 per
+    order). From the rows at the child order; at coarser orders merged from the next finer order's
+    (`finer`): sums and moments add up, quantiles are read from its keys sorted again (exact)."""
     chunk = job.chunk_cells >> shift
     n_groups = n_bins * chunk
-    cell = cols["cell"].astype(np.intp) >> shift
-    group = cols["bin"] * chunk + cell
-    stats = grouped_stats(group, cols["h"], cols["sigma"], cols["t"], n_groups).reshape(n_bins, chunk, -1)
+    if finer is not None and finer[2] is not None:
+        flat, key = coarser_stats(finer[0].reshape(n_groups * 4, -1), finer[2])
+        stats = flat.reshape(n_bins, chunk, -1)
+    else:
+        cell = cols["cell"].astype(np.intp) >> shift
+        group = cols["bin"] * chunk + cell
+        flat, key = grouped_stats_keys(group, cols["h"], cols["sigma"], cols["t"], n_groups)
+        stats = flat.reshape(n_bins, chunk, -1)
     moments = None
     if job.schema.fit and finer is not None:
         order = job.child_order - shift // 2
         moments = moments_up(finer[1], (first_cell >> (shift - 2)), order + 1, job.hemisphere)
     elif job.schema.fit:
+        cell = cols["cell"].astype(np.intp) >> shift
+        group = cols["bin"] * chunk + cell
         cx, cy = cell_centres_xy((np.uint64(first_cell) >> np.uint64(shift)) + np.arange(chunk, dtype=np.uint64),
                                  job.child_order - shift // 2, job.hemisphere, num_threads=1)
         w = 1.0 / np.square(cols["sigma"].astype(np.float64))
         moments = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell],
                                 job.bins.years(cols["t"]), cols["h"].astype(np.float64)).reshape(n_bins, chunk, -1)
-    return stats, moments
+    return stats, moments, key
 
 
 def stored_parts(job: ReduceJob, level: int, task_index: int) -> tuple[np.ndarray, np.ndarray | None]:

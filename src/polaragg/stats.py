@@ -59,7 +59,14 @@ def empty_block(n_cells: int) -> np.ndarray:
 
 
 def grouped_stats(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndarray, n_cells: int) -> np.ndarray:
-    """Statistics of observations grouped by local cell index (0 <= cell < n_cells).
+    """Statistics of observations grouped by local cell index (0 <= cell < n_cells); see `grouped_stats_keys`."""
+    return grouped_stats_keys(cell, h, sigma, t, n_cells)[0]
+
+
+def grouped_stats_keys(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndarray,
+                       n_cells: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Statistics of observations grouped by local cell index (0 <= cell < n_cells), and the sorted packed
+    (cell, h) keys they were read from (None where the heights took the two-sort path).
 
     Returns a (n_cells, len(STATS)) float64 block in STAT_NAMES column order; counts are exact
     integers stored as float64 (exact below 2**53). Cells without observations have count 0 and NaN
@@ -76,7 +83,7 @@ def grouped_stats(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndar
     t = np.asarray(t, dtype=np.float64)
     block = empty_block(n_cells)
     if cell.size == 0:
-        return block
+        return block, np.empty(0, np.uint64)
     col = STAT_INDEX
     count = np.bincount(cell, minlength=n_cells).astype(np.float64)
     has = count > 0
@@ -98,14 +105,63 @@ def grouped_stats(cell: np.ndarray, h: np.ndarray, sigma: np.ndarray, t: np.ndar
         block[has, col["h_var"]] = m2[has] / count[has]
         block[has, col["t_mean"]] = sum_t[has] / count[has]
 
+    pick, key = _heights_by_cell(cell, h_in, h, n_cells)
+    _order_statistics(block, count, pick)
+    return block, key
+
+
+def _order_statistics(block: np.ndarray, count: np.ndarray, pick: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Minima, maxima and quantiles of every cell with observations, from heights sorted by (cell, h)."""
+    col = STAT_INDEX
+    has = count > 0
     n = count[has].astype(np.intp)
     start = np.concatenate(([0], np.cumsum(n)[:-1]))
-    pick = _heights_by_cell(cell, h_in, h, n_cells)
     block[has, col["h_min"]] = pick(start)
     block[has, col["h_max"]] = pick(start + n - 1)
     for name, q in QUANTILES.items():
         block[has, col[name]] = _sorted_quantile(pick, start, n, q)
-    return block
+
+
+def _key_picker(key: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    def pick(pos: np.ndarray) -> np.ndarray:
+        kb = (key[pos] & _LOW32).astype(np.uint32)
+        unflip = np.where(kb & _SIGN32, _SIGN32, np.uint32(0xFFFFFFFF))
+        return (kb ^ unflip).view(np.float32).astype(np.float64)
+
+    return pick
+
+
+def coarser_stats(block: np.ndarray, key: np.ndarray, factor: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics of groups of `factor` consecutive cells merged into one, and their sorted keys.
+
+    `block` and `key` are what `grouped_stats_keys` returned for the finer cells (a key, not None).
+    Sums add, the second moment merges with Chan's formula, and minima, maxima and quantiles are read
+    from the keys with the cell part divided by `factor`, sorted again: the finer sort left them in
+    `factor` sorted runs per coarser cell, which the stable merge sort joins in one pass. The result
+    equals `grouped_stats` of the rows with their cells divided by `factor` (sums to rounding).
+    """
+    col = STAT_INDEX
+    n_out = block.shape[0] // factor
+    fine = block.reshape(n_out, factor, -1)
+    out = empty_block(n_out)
+    for name in ("count", "sum_w", "sum_wh", "sum_h", "sum_t"):
+        out[:, col[name]] = fine[:, :, col[name]].sum(axis=1)
+    count = out[:, col["count"]]
+    has = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_in = fine[:, :, col["count"]]
+        mean = out[:, col["sum_h"]] / count
+        spread = np.where(n_in > 0, n_in * np.square(fine[:, :, col["sum_h"]] / n_in - mean[:, None]), 0.0)
+        out[:, col["h_m2"]] = fine[:, :, col["h_m2"]].sum(axis=1) + spread.sum(axis=1)
+        out[has, col["h_mean"]] = out[has, col["sum_wh"]] / out[has, col["sum_w"]]
+        out[has, col["h_sigma"]] = 1.0 / np.sqrt(out[has, col["sum_w"]])
+        out[has, col["h_var"]] = out[has, col["h_m2"]] / count[has]
+        out[has, col["t_mean"]] = out[has, col["sum_t"]] / count[has]
+    shift = np.uint64(factor.bit_length() - 1)
+    coarse = (((key >> np.uint64(32)) >> shift) << np.uint64(32)) | (key & _LOW32)
+    coarse.sort(kind="stable")
+    _order_statistics(out, count, _key_picker(coarse))
+    return out, coarse
 
 
 _SIGN32 = np.uint32(0x80000000)
@@ -113,8 +169,9 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 
 
 def _heights_by_cell(cell: np.ndarray, h_in: np.ndarray, h: np.ndarray,
-                     n_cells: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A function that returns the heights at given positions of the rows sorted by (cell, h).
+                     n_cells: int) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray | None]:
+    """A function that returns the heights at given positions of the rows sorted by (cell, h), and the
+    sorted packed keys when it used them.
 
     The order is exactly that of `np.lexsort((h, cell))`, with equal heights (only +0.0 and -0.0,
     or NaNs, compare equal while differing in bits) in input order, so every value returned has the
@@ -145,19 +202,13 @@ def _heights_by_cell(cell: np.ndarray, h_in: np.ndarray, h: np.ndarray,
                 key = cell.astype(np.uint64) << np.uint64(32)
                 key |= bits ^ flip
                 key.sort(kind="stable")
-
-                def pick(pos: np.ndarray) -> np.ndarray:
-                    kb = (key[pos] & _LOW32).astype(np.uint32)
-                    unflip = np.where(kb & _SIGN32, _SIGN32, np.uint32(0xFFFFFFFF))
-                    return (kb ^ unflip).view(np.float32).astype(np.float64)
-
-                return pick
+                return _key_picker(key), key
     # Only signed zeros and NaNs compare equal with different bits: keep their input order then.
     ties = bool(np.isnan(h).any() or ((h == 0) & np.signbit(h)).any())
     by_h = np.argsort(h, kind="stable" if ties else None)
     narrow = np.uint16 if n_cells <= 1 << 16 else np.uint32 if n_cells <= 1 << 32 else np.intp
     hs = h[by_h][np.argsort(cell.astype(narrow)[by_h], kind="stable")]
-    return lambda pos: hs[pos]
+    return (lambda pos: hs[pos]), None
 
 
 def _sorted_quantile(pick, start: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
