@@ -297,3 +297,13 @@ def test_coarser_stats_equal_the_statistics_of_the_coarsened_cells():
         np.testing.assert_array_equal(merged[:, STAT_INDEX["count"]], direct[:, STAT_INDEX["count"]])
         np.testing.assert_allclose(merged, direct, rtol=1e-10, atol=1e-6, equal_nan=True)
         assert (direct[:, STAT_INDEX["count"]] == 0).any()  # empty coarse cells are part of the check
+
+
+def test_coarser_stats_of_a_task_without_observations():
+    from polaragg.stats import STAT_INDEX, coarser_stats, grouped_stats_keys
+
+    block, key = grouped_stats_keys(np.empty(0, np.intp), np.empty(0, np.float32), np.empty(0, np.float32),
+                                    np.empty(0), 64)
+    merged, mkey = coarser_stats(block, key)
+    assert merged.shape[0] == 16 and mkey.size == 0
+    assert (merged[:, STAT_INDEX["count"]] == 0).all() and np.isnan(merged[:, STAT_INDEX["h_q50"]]).all()

@@ -114,6 +114,8 @@ def _order_statistics(block: np.ndarray, count: np.ndarray, pick: Callable[[np.n
     """Minima, maxima and quantiles of every cell with observations, from heights sorted by (cell, h)."""
     col = STAT_INDEX
     has = count > 0
+    if not has.any():
+        return
     n = count[has].astype(np.intp)
     start = np.concatenate(([0], np.cumsum(n)[:-1]))
     block[has, col["h_min"]] = pick(start)
