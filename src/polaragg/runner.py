@@ -100,14 +100,16 @@ def recipe_time_bins(recipe: Recipe, catalog: Catalog) -> TimeBins:
 
 def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=None,
                  work_dir: str | None = None) -> xr.Dataset:
-    """The recipe's statistics as a lazy Dataset (dimension `cells`, one chunk per parent cell).
+    """The recipe's statistics as a lazy Dataset at the child order (per-bin variables over `time` and
+    `cells`, per-cell ones over `cells`; one chunk per task). A stored pyramid's coarser orders come from
+    `run` (the store's groups), not from this Dataset.
 
     Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
     into partitions under `work_dir` (default: a temporary folder removed when the interpreter exits;
     later computes reuse them), then each selected chunk is reduced from its partitions (on Dask only
     the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
-    or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~18 bytes per
-    observation.
+    or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20 bytes per
+    observation (~36 with the change fit's x, y).
     """
     recipe = _as_recipe(recipe)
     plan = plan_recipe(recipe)
