@@ -38,16 +38,18 @@ import csv
 import datetime as dt
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path (tests): find common.py
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from common import OtherLoad, code_label, machine_busy, machine_info, wait_for_quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -78,137 +80,6 @@ DISTURBED = 0.2
 # the figure at one cycle; a fixed cost per run makes it fall instead).
 LINEAR_R2 = 0.98
 LINEAR_MARGINAL = 1.10
-
-
-# ----------------------------------------------------------------------------------------------------
-# Machine, code and interference
-
-
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    ram = "?"
-    try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-        ram = next((f"{int(line.split()[1]) / 2**20:.1f} GiB" for line in Path("/proc/meminfo").read_text().splitlines()
-                    if line.startswith("MemTotal:")), ram)
-    except OSError:
-        pass
-    packages = []
-    for name in PACKAGES:
-        try:
-            packages.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            packages.append(f"{name} (not installed)")
-    return {"cpu": cpu, "cores": str(_cores()), "ram": ram, "os": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(), "packages": ", ".join(packages)}
-
-
-def code_label() -> str:
-    """Where polaragg was imported from and, in a git checkout, its commit (and whether src/ differs)."""
-    import polaragg
-
-    src = Path(polaragg.__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return f"`{src}`"
-    if head.returncode != 0:
-        return f"`{src}` (not a git checkout)"
-    state = " with uncommitted changes under src/" if dirty.stdout.strip() else ""
-    return f"`{src}` at commit {head.stdout.strip()}{state}"
-
-
-def _psutil():
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with distributed
-        return None
-    return psutil
-
-
-class OtherLoad:
-    """CPU-seconds of processes outside this benchmark's process tree (this process and its descendants,
-    i.e. executor workers) while a block runs: every process sampled at the start, every `interval` s and at
-    the end (a process that starts and ends between two samples is missed)."""
-
-    def __init__(self, interval: float = 1.0) -> None:
-        self.interval = interval
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.seconds = 0.0
-        self.wall = 0.0
-
-    def _sample(self, initial: bool = False) -> None:
-        psutil = _psutil()
-        if psutil is None:
-            return
-        me = psutil.Process()
-        try:
-            ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
-        except psutil.Error:
-            ours = {me.pid}
-        for proc in psutil.process_iter(["pid", "cpu_times"]):
-            pid, times = proc.info["pid"], proc.info["cpu_times"]
-            if pid in ours or times is None:
-                continue
-            cpu = times.user + times.system
-            self._first.setdefault(pid, cpu if initial else 0.0)  # new during the block: all its CPU counts
-            self._last[pid] = cpu
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> "OtherLoad":
-        self._t0 = time.perf_counter()
-        self._sample(initial=True)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._sample()
-        self.wall = time.perf_counter() - self._t0
-        self.seconds = sum(max(0.0, self._last[p] - self._first[p]) for p in self._last)
-
-    @property
-    def share(self) -> float:
-        """Other processes' CPU as a share of the machine's capacity during the block."""
-        return self.seconds / (self.wall * _cores()) if self.wall > 0 else 0.0
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> float:
-    """Wait at most `max_wait` s until other processes use under `threshold` of the machine; the wait."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max_wait:
-        with OtherLoad(interval=window) as load:
-            time.sleep(window)
-        if load.share < threshold:
-            break
-    return time.perf_counter() - t0
-
-
-def machine_busy(seconds: float = 2.0) -> dict:
-    """Machine-wide CPU use (psutil.cpu_percent over `seconds`, this benchmark idle) and the load average."""
-    psutil = _psutil()
-    busy = psutil.cpu_percent(interval=seconds) if psutil is not None else math.nan
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return {"cpu_percent": busy, "loadavg": tuple(round(x, 2) for x in load)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -983,7 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     shares = {(c["executor"], c["on"].point.key): c for c in costs}
     ctx = {
         "results": results, "series": series, "executors": executors, "quick": quick, "warmups": warmups,
-        "repeats": repeats, "max_extra": max_extra, "machine": machine_info(),
+        "repeats": repeats, "max_extra": max_extra, "machine": machine_info(PACKAGES),
         "code": args.code_label or code_label(), "command": command,
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "total": total, "busy_before": busy_before,
         "busy_after": busy_after, "bbox": QUICK_BBOX if quick else BBOX, "regions": QUICK_REGIONS if quick else REGIONS,

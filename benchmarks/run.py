@@ -29,17 +29,18 @@ import csv
 import dataclasses
 import datetime as dt
 import math
-import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by file path (tests, s3.py): find common.py
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from common import OtherLoad, code_label, machine_info, wait_for_quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = ROOT / "recipes" / "one-cycle.yaml"
@@ -50,8 +51,6 @@ QUICK_BBOX = (85.0, -87.0, 95.0, -85.0)
 # Exactly the columns the granule stage reads (coordinates, then the payload), see polaragg.products.atl06.
 FLOOR_VARIABLES = ("latitude", "longitude", "h_li", "h_li_sigma", "atl06_quality_summary", "delta_time")
 SCALING_FACTORS = (1, 2, 4)
-PACKAGES = ("polaragg", "numpy", "h5py", "isal", "zarr", "xarray", "cubed", "dask", "distributed", "lithops",
-            "pandas")
 MIB = 2**20
 # Acceptance targets.
 TARGET_TASKS_CPU = 1.5  # tasks CPU / floor CPU, at most
@@ -65,142 +64,6 @@ SPARSE = 3600.0
 # A measurement during which other processes used more than this share of the machine is repeated (up to
 # `--max-extra` times); the best run is kept either way, and its interference is reported.
 DISTURBED = 0.2
-
-
-# ----------------------------------------------------------------------------------------------------
-# Machine and interference
-
-
-def _cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    versions = []
-    for name in PACKAGES:
-        try:
-            versions.append(f"{name} {version(name)}")
-        except PackageNotFoundError:
-            versions.append(f"{name} (not installed)")
-    return {
-        "cpu": cpu,
-        "cores": str(_cores()),
-        "ram": ram,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "packages": ", ".join(versions),
-    }
-
-
-def code_label() -> str:
-    """Where polaragg was imported from and, inside a git checkout, its commit (and whether src/ differs)."""
-    import subprocess
-
-    import polaragg
-
-    src = Path(polaragg.__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return f"`{src}`"
-    if head.returncode != 0:
-        return f"`{src}` (not a git checkout)"
-    state = " with uncommitted changes under src/" if dirty.stdout.strip() else ""
-    return f"`{src}` at commit {head.stdout.strip()}{state}"
-
-
-class OtherLoad:
-    """CPU-seconds used by processes outside this benchmark's process tree while a block runs.
-
-    Samples every process twice a second (psutil; `interval`), and at the block's start and end. Our
-    tree is this process and its descendants (executor workers); everything else on the machine (other
-    users' tests, say) is interference.
-    """
-
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self._stop = threading.Event()
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-        self._thread: threading.Thread | None = None
-        self.seconds = 0.0
-        self.wall = 0.0
-
-    def _sample(self, initial: bool = False) -> None:
-        try:
-            import psutil
-        except ImportError:  # pragma: no cover - psutil comes with distributed
-            return
-        me = psutil.Process()
-        try:
-            ours = {me.pid} | {p.pid for p in me.children(recursive=True)}
-        except psutil.Error:
-            ours = {me.pid}
-        for proc in psutil.process_iter(["pid", "cpu_times"]):
-            pid = proc.info["pid"]
-            times = proc.info["cpu_times"]
-            if pid in ours or times is None:
-                continue
-            cpu = times.user + times.system
-            if pid not in self._first:
-                self._first[pid] = cpu if initial else 0.0  # new during the block: all its CPU counts
-            self._last[pid] = cpu
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> "OtherLoad":
-        self._t0 = time.perf_counter()
-        self._sample(initial=True)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._sample()
-        self.wall = time.perf_counter() - self._t0
-        self.seconds = sum(max(0.0, self._last[p] - self._first[p]) for p in self._last)
-
-    @property
-    def share(self) -> float:
-        """Other processes' CPU as a fraction of the machine's capacity during the block."""
-        return self.seconds / (self.wall * _cores()) if self.wall > 0 else 0.0
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.3, window: float = 1.0) -> float:
-    """Wait (at most `max_wait` s) until other processes use under `threshold` of the CPU; returns the wait."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max_wait:
-        with OtherLoad(interval=window) as load:
-            time.sleep(window)
-        if load.share < threshold:
-            break
-    return time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------------------------------

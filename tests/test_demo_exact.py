@@ -2,34 +2,19 @@
 
 import glob
 
-import h5py
 import healpix_geo.nested as hpn
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
-BEAMS = ("gt1l", "gt1r", "gt2l", "gt2r", "gt3l", "gt3r")
-FILL = 3.4e38
+from reference import kept, observations
 
 
 def _brute_force(folder, child_order):
-    frames = []
-    for path in sorted(glob.glob(f"{folder}/*.h5")):
-        with h5py.File(path, "r") as f:
-            for beam in BEAMS:
-                if f"{beam}/land_ice_segments" not in f:
-                    continue
-                g = f[f"{beam}/land_ice_segments"]
-                frames.append(pd.DataFrame({
-                    "lat": g["latitude"][:], "lon": g["longitude"][:],
-                    "h": g["h_li"][:].astype(np.float64), "s": g["h_li_sigma"][:].astype(np.float64),
-                    "q": g["atl06_quality_summary"][:], "t": g["delta_time"][:],
-                }))
-    df = pd.concat(frames, ignore_index=True)
+    df = observations(folder)
     raw = len(df)
-    ok = (df.q == 0) & (df.h.abs() < FILL) & (df.s.abs() < FILL) & (df.s > 0) & np.isfinite(df.h) & np.isfinite(df.t)
-    df = df[ok]
+    df = kept(df)
     df["cell"] = hpn.lonlat_to_healpix(df.lon.to_numpy(), df.lat.to_numpy(), child_order, ellipsoid="WGS84")
     df["w"] = 1.0 / df.s**2
     df["wh"] = df.w * df.h

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import glob
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-import h5py
 import healpix_geo.nested as hpn
 import numpy as np
 import pandas as pd
@@ -23,11 +21,9 @@ import xarray as xr
 
 import polaragg
 from polaragg.recipe import RecipeError
+from reference import cycle_of, kept, observations
 
-BEAMS = ("gt1l", "gt1r", "gt2l", "gt2r", "gt3l", "gt3r")
-FILL = 3.4e38
 YEAR_S = 365.25 * 86400.0
-NAME = re.compile(r"ATL06_\d{14}_\d{4}(\d{2})\d{2}_")
 CYCLES = [15, 16, 17, 18, 19, 20, 21, 22]
 BBOX = [80.0, -87.6, 100.0, -85.4]
 
@@ -43,26 +39,6 @@ def _recipe(cache: str, store: str, **time) -> dict:
         "output": {"store": store, "coarsest_order": 4},
         **({"time": time} if time else {}),
     }
-
-
-def _rows(folder: str) -> pd.DataFrame:
-    """Every kept observation of the folder's granules, with its cycle (from the file name)."""
-    frames = []
-    for path in sorted(glob.glob(f"{folder}/*.h5")):
-        cycle = int(NAME.search(path).group(1))
-        with h5py.File(path, "r") as f:
-            for beam in BEAMS:
-                if f"{beam}/land_ice_segments" not in f:
-                    continue
-                g = f[f"{beam}/land_ice_segments"]
-                frames.append(pd.DataFrame({
-                    "lat": g["latitude"][:], "lon": g["longitude"][:],
-                    "h": g["h_li"][:].astype(np.float64), "s": g["h_li_sigma"][:].astype(np.float64),
-                    "q": g["atl06_quality_summary"][:], "t": g["delta_time"][:], "cycle": cycle,
-                }))
-    df = pd.concat(frames, ignore_index=True)
-    ok = (df.q == 0) & (df.h.abs() < FILL) & (df.s.abs() < FILL) & (df.s > 0)
-    return df[ok].reset_index(drop=True)
 
 
 def _with_cells(df: pd.DataFrame, order: int) -> pd.DataFrame:
@@ -94,7 +70,7 @@ def change_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference_rows(change_run):
-    return _with_cells(_rows(change_run[2]), 11)
+    return _with_cells(kept(observations(change_run[2])), 11)
 
 
 def test_every_per_bin_statistic_matches_brute_force(change_run, reference_rows):
@@ -259,7 +235,7 @@ def test_time_selection_and_month_bins_match_brute_force(change_run, reference_r
     assert inputs["cycles"] == [20, 21]
     starts = {p: (datetime.strptime(Path(p).name[6:20], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
                   - datetime(2018, 1, 1, tzinfo=UTC)).total_seconds()
-              for p in glob.glob(f"{folder}/*.h5") if int(NAME.search(p).group(1)) in (20, 21)}
+              for p in glob.glob(f"{folder}/*.h5") if cycle_of(p) in (20, 21)}
     assert not [p for p, t in starts.items() if lo - 900 <= t < lo]  # none straddles the window's start
     assert summary.granules == sum(lo <= t < hi for t in starts.values()) < len(starts)
 
