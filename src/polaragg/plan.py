@@ -240,7 +240,7 @@ def make_plan(
         raise ValueError(f"catalog parent order {catalog.parent_order} != grid parent order {grid.parent_order}")
     parents = np.unique(np.asarray(catalog.parents, dtype=np.uint64))
     time = time or Plan.time
-    bin_of = _granule_bins(catalog, time)
+    bin_of = granule_bins_of(catalog, time)
     rows, groups, group_share = _time_groups(catalog, time, bin_of, memory, memory_per_task)
     busiest = max(rows.values(), default=0.0)
     split = 1
@@ -278,7 +278,7 @@ def make_plan(
                 bin_groups=groups if len(groups) > 1 else (), stored_bins=stored_bins, time_chunk=time_chunk)
 
 
-def _granule_bins(catalog: Catalog, time: TimeBins) -> dict[str, tuple[int, int]]:
+def granule_bins_of(catalog: Catalog, time: TimeBins) -> dict[str, tuple[int, int]]:
     """Each granule's (cycle, bin): its cycle's bin, or for date bins the bin of its mid time (NO_BIN if none)."""
     cycles, begins, ends = catalog.time_spans()
     ids = catalog.granules.granule_id.astype(str).tolist()

@@ -32,7 +32,7 @@ from .executors import cubed_executor, preflight
 from .intermediate import SUFFIX as PARTITIONS_SUFFIX
 from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
-from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, make_plan, run_array
+from .plan import Plan, PlanError, RunTarget, dataset_from_plan, default_spec, granule_bins_of, make_plan, run_array
 from .progress import LedgerProgress, RunSummary, summarize
 from .recipe import Recipe, RecipeError, load_recipe
 from .sources import load_catalog
@@ -61,8 +61,6 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
 
     Refuses plans above `output.max_cells` child cells; warns when no granule crosses the AOI.
     """
-    from .memory import model_for
-
     recipe = _as_recipe(recipe)
     catalog = catalog if catalog is not None else load_catalog(recipe)
     grid = recipe.grid.grid()
@@ -76,14 +74,21 @@ def plan_recipe(recipe: Recipe | str, catalog: Catalog | None = None, executor: 
     if len(catalog.granules) == 0 or not any(len(c) for c in catalog.granules.parent_cells):
         warnings.warn("no granule crosses the AOI: every cell will be empty", PolaraggWarning, stacklevel=2)
     bins = recipe_time_bins(recipe, catalog)
-    catalog = catalog.select(bins.selects(*catalog.time_spans()))
+    return _make_plan(recipe, catalog.select(bins.selects(*catalog.time_spans())), bins, executor, workers)
+
+
+def _make_plan(recipe: Recipe, catalog: Catalog, bins: TimeBins, executor: str | None, workers: int | None,
+               **extra) -> Plan:
+    """`make_plan` with the recipe's settings and the memory model of the executor that will run it."""
+    from .memory import model_for
+
     name = executor or recipe.executor.name
     workers = workers or recipe.executor.max_workers or os.cpu_count() or 1
-    return make_plan(catalog, grid, reader=recipe.reader, filters=recipe.filters.filters(),
+    return make_plan(catalog, recipe.grid.grid(), reader=recipe.reader, filters=recipe.filters.filters(),
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(name, workers),
                      granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None,
-                     time=bins, coarsest_order=recipe.output.coarsest_order)
+                     time=bins, coarsest_order=recipe.output.coarsest_order, **extra)
 
 
 def recipe_time_bins(recipe: Recipe, catalog: Catalog) -> TimeBins:
@@ -435,7 +440,6 @@ def _append_plan(recipe: Recipe, catalog: Catalog, store: str, choice: ExecutorC
     the store's bins that changed; new granules reaching back into the store's bins."""
     import zarr
 
-    from .plan import _granule_bins
     from .store import schema_of, zarr_store
 
     root = zarr.open_group(zarr_store(store), mode="r", zarr_format=3)
@@ -464,7 +468,7 @@ def _append_plan(recipe: Recipe, catalog: Catalog, store: str, choice: ExecutorC
                           f"change fit and these bins {'need' if bins.fit else 'do not use'} it; set time.fit: true in "
                           "the recipe that makes a store meant to grow")
     cycles, begins, ends = catalog.time_spans()
-    bin_of = _granule_bins(catalog, bins)
+    bin_of = granule_bins_of(catalog, bins)
     ids = catalog.granules.granule_id.astype(str).to_numpy()
     g_bin = np.array([bin_of[i][1] for i in ids], np.int64)
     crosses = np.array([len(c) > 0 for c in catalog.granules.parent_cells], bool)
@@ -480,16 +484,8 @@ def _append_plan(recipe: Recipe, catalog: Catalog, store: str, choice: ExecutorC
         raise ResumeError(f"cannot append to {store}: the granules of its time bins changed ({len(changed)} granule(s), "
                           f"e.g. {', '.join(changed[:3])}); run it again with --overwrite")
     new = selected & ~old & (g_bin >= n_old if bins.kind == "cycle" else True)
-    grid = recipe.grid.grid()
-    from .memory import model_for
-
-    workers = choice.max_workers or recipe.executor.max_workers or os.cpu_count() or 1
-    plan = make_plan(catalog.select(new), grid, reader=recipe.reader, filters=recipe.filters.filters(),
-                     memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
-                     memory=model_for(choice.name, workers),
-                     granule_tasks=GRANULE_TASKS_PER_WORKER * workers if choice.name in GROUPED_EXECUTORS else None,
-                     time=bins, coarsest_order=recipe.output.coarsest_order, stored_bins=n_old,
-                     time_chunk=int(root["count"].chunks[0]))
+    plan = _make_plan(recipe, catalog.select(new), bins, choice.name, choice.max_workers, stored_bins=n_old,
+                      time_chunk=int(root["count"].chunks[0]))
     stored_plan_inputs = [{"granule": g, "url": u, "size": int(z)} for g, (u, z) in before.items()]
     inputs = sorted(stored_plan_inputs + _inputs(plan, catalog.select(new)), key=lambda i: i["granule"])
     return plan, inputs
