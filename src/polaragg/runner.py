@@ -274,7 +274,7 @@ def _run_locked(job: _Job) -> RunSummary:
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
-        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall)
+        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=_puts_per_task(plan))
         finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
                                "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
         if all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan):
@@ -522,6 +522,14 @@ def _begin_append(store: str, job: _Job) -> None:
     with warnings.catch_warnings():  # readers of the consolidated metadata (tasks, checks) see the new shapes
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(zstore)
+
+
+def _puts_per_task(plan: Plan) -> int:
+    """Objects a task writes: each variable's chunks at each of its orders, and its ledger record."""
+    schema = plan.schema
+    bins = plan.time.n - plan.stored_bins
+    time_chunks = -(-bins // (plan.time_chunk or plan.time.n))
+    return len(plan.task_orders) * (len(schema.per_bin) * time_chunks + len(schema.per_cell)) + 1
 
 
 def _time_attrs(plan: Plan) -> dict:
