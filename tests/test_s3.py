@@ -227,3 +227,27 @@ def test_s3_timeouts_are_transient():
     for exc in (ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), EndpointConnectionError(endpoint_url="x"),
                 TimeoutError("timed out")):
         assert read.classify_s3_error(exc, "b", "k").transient
+
+
+def test_cubed_intermediates_of_an_s3_store_live_next_to_it_and_are_removed(tmp_path, sub_area, bucket,
+                                                                          moto_server_log, monkeypatch):
+    """On `processes` (Cubed writes its intermediate arrays, unlike the in-process executors), a run whose
+    store is on S3 keeps Cubed's work folder at `<store>.cubed` in the bucket, not on the client's disk,
+    and removes it after success; the store equals the one computed with a local store."""
+    doc, parents, order, records = sub_area
+    local_tmp = tmp_path / "client-tmp"
+    local_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(local_tmp))
+    catalog = build_catalog(_s3_records(records, bucket), parents, order, access="direct")
+    recipe = _recipe(doc, catalog, tmp_path / "s3.parquet", "h5py")
+    polaragg.run(recipe, store=str(tmp_path / "local.zarr"), executor="threads", progress=False)
+    store = f"s3://{bucket}/proc.zarr"
+    summary = polaragg.run(recipe, store=store, executor="processes", max_workers=2, progress=False)
+    assert summary.observations > 0
+    _assert_same_store(open_store(store).load(), open_store(str(tmp_path / "local.zarr")).load())
+    log = re.sub(r"\x1b\[[0-9;]*m", "", moto_server_log.read_text(errors="replace"))
+    assert re.search(rf'"PUT /{re.escape(bucket)}/proc\.zarr\.cubed/', log), "Cubed wrote nothing next to the store"
+    keys = [o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    assert not [k for k in keys if k.startswith("proc.zarr.cubed/")]  # removed after success
+    assert not list(local_tmp.glob("polaragg-cubed*"))  # nothing of Cubed's on the client's disk

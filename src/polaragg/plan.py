@@ -655,11 +655,13 @@ def dataset_from_plan(plan: Plan, location: Location, chunk_manager: str = "cube
 CUBED_BUFFER_SLACK = 16 * 2**20
 
 
-def default_spec(work_dir: str | None = None, allowed_mem: int = 2 * 10**9, in_process: bool = False):
+def default_spec(work_dir: str | None = None, allowed_mem: int = 2 * 10**9, in_process: bool = False,
+                 storage_options: dict | None = None):
     """A Cubed Spec with a per-run-safe work directory; `allowed_mem` is the task memory bound.
 
     `in_process`: every task runs in this process (single-threaded, threads), so Cubed's intermediate
-    arrays (the plan's small index) stay in memory instead of going through Zarr files.
+    arrays (the plan's small index) stay in memory instead of going through Zarr files. A remote
+    `work_dir` (s3://...) is reached with `storage_options`.
     """
     import cubed
 
@@ -668,5 +670,7 @@ def default_spec(work_dir: str | None = None, allowed_mem: int = 2 * 10**9, in_p
         import zarr
 
         extra["intermediate_store"] = zarr.storage.MemoryStore()
+    if storage_options:
+        extra["storage_options"] = storage_options
     return cubed.Spec(work_dir=work_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), "polaragg-cubed"),
                       allowed_mem=allowed_mem + CUBED_BUFFER_SLACK, **extra)

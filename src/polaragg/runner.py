@@ -412,12 +412,36 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
             print(f"a worker died ({exc}); running the {len(order)} unfinished task(s) again", file=sys.stderr)
 
 
+WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run with a remote store: next to it
+
+
+def work_location(store: str, recipe: Recipe, run_id: str) -> Location | None:
+    """Where this run's Cubed intermediates go: a folder of its own under `executor.work_dir`, else
+    `<store>.cubed` for a remote store (workers cannot see the client's disk); None: a local temporary one."""
+    if recipe.executor.work_dir:
+        return Location(f"{recipe.executor.work_dir.rstrip('/')}/polaragg-{run_id}")
+    if is_remote(store):
+        return Location(store.rstrip("/") + WORK_SUFFIX)
+    return None
+
+
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe) -> np.ndarray:
     if choice.engine == "cubed":
-        spec = default_spec(allowed_mem=recipe.executor.memory_bytes,
-                            in_process=choice.name in ("single-threaded", "threads"))
+        from .fs import fsspec_options
+
+        work = work_location(target.store, recipe, target.run_id)
+        in_process = choice.name in ("single-threaded", "threads")
+        if work is not None and not in_process:
+            if not work.is_ours():
+                raise StoreError(f"{work.url} exists and was not made by polaragg; set executor.work_dir elsewhere")
+            work.create()
+        spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
+                            in_process=in_process, storage_options=fsspec_options(work.url) if work else None)
         arr = run_array(plan, location, target, "cubed", spec)
-        return arr.compute(executor=cubed_executor(choice))
+        result = arr.compute(executor=cubed_executor(choice))
+        if work is not None and not in_process:
+            work.remove()  # only a folder polaragg marked as its own
+        return result
     from .executors import dask_compute
 
     return dask_compute(run_array(plan, location, target, "dask"), choice)
