@@ -110,16 +110,21 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     `run` (the store's groups), not from this Dataset.
 
     Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
-    into partitions under `work_dir` (default: a temporary folder removed when the interpreter exits;
-    later computes reuse them), then each selected chunk is reduced from its partitions (on Dask only
+    into partitions under `work_dir` (default: the recipe's `executor.work_dir`, else a temporary folder
+    removed when the interpreter exits; later computes reuse them), Cubed's intermediates beside them, then each selected chunk is reduced from its partitions (on Dask only
     the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
     or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20 bytes per
     observation (~36 with the change fit's x, y).
     """
+    from .fs import fsspec_options
+
     recipe = _as_recipe(recipe)
     plan = plan_recipe(recipe)
+    work_dir = work_dir or recipe.executor.work_dir
     if chunk_manager == "cubed" and spec is None:
-        spec = default_spec(allowed_mem=recipe.executor.memory_bytes)
+        cubed_dir = f"{work_dir.rstrip('/')}/polaragg-cubed" if work_dir else None
+        spec = default_spec(work_dir=cubed_dir, allowed_mem=recipe.executor.memory_bytes,
+                            storage_options=fsspec_options(cubed_dir) if cubed_dir else None)
     if work_dir is None:
         work_dir = tempfile.mkdtemp(prefix="polaragg-partitions-")
         location = Location(work_dir)
