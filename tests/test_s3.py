@@ -5,11 +5,15 @@ import copy
 import json
 import os
 import re
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+import yaml
 
 import polaragg
 from polaragg import read
@@ -242,8 +246,14 @@ def test_cubed_intermediates_of_an_s3_store_live_next_to_it_and_are_removed(tmp_
     recipe = _recipe(doc, catalog, tmp_path / "s3.parquet", "h5py")
     polaragg.run(recipe, store=str(tmp_path / "local.zarr"), executor="threads", progress=False)
     store = f"s3://{bucket}/proc.zarr"
-    summary = polaragg.run(recipe, store=store, executor="processes", max_workers=2, progress=False)
-    assert summary.observations > 0
+    # A client process of its own: `processes` forks workers from a fork server that keeps the environment
+    # it started with, and this session's may predate the local S3 settings.
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True)))
+    cli = Path(sys.executable).with_name("polaragg")
+    done = subprocess.run([str(cli), "run", str(path), "--store", store, "--executor", "processes", "--workers", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     _assert_same_store(open_store(store).load(), open_store(str(tmp_path / "local.zarr")).load())
     log = re.sub(r"\x1b\[[0-9;]*m", "", moto_server_log.read_text(errors="replace"))
     assert re.search(rf'"PUT /{re.escape(bucket)}/proc\.zarr\.cubed/', log), "Cubed wrote nothing next to the store"
