@@ -1,23 +1,19 @@
 """The benchmark command runs end to end on a sub-area and its table is consistent with its own figures."""
 
 import csv
-import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import load_benchmark
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("polaragg_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("run")
 
 
 def test_benchmark_quick_run_writes_a_consistent_table(demo_recipe, tmp_path):

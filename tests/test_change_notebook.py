@@ -5,13 +5,13 @@ xarray (fitted cells, the region's counts, the pyramid's totals).
 """
 
 import re
-import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers import execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -63,30 +63,12 @@ def test_change_notebook_runs_and_its_numbers_match_the_store(tmp_path, monkeypa
     assert code_cells and cleared, "save the notebook without outputs"
     assert 'os.environ.get("POLARAGG_RECIPE", "../recipes/demo.yaml")' in code_cells[0].source
 
-    work = tmp_path / "notebooks"
-    work.mkdir()
-    path = work / NOTEBOOK.name
-    shutil.copy(NOTEBOOK, path)
     recipe_file = tmp_path / "change.yaml"
     recipe_file.write_text(yaml.safe_dump(_recipe(str(tmp_path / "cache"))))
     out = tmp_path / "out"
-
-    # A "python3" kernelspec that runs this interpreter (the venv's), found first via JUPYTER_PATH.
-    prefix = tmp_path / "jupyter"
-    kernelspec.install(prefix=str(prefix), kernel_name="python3")
-    kernel_json = prefix / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
-    assert sys.executable in kernel_json.read_text()
-    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
-    monkeypatch.setenv("POLARAGG_RECIPE", str(recipe_file))
-    monkeypatch.setenv("POLARAGG_NOTEBOOK_OUT", str(out))
     monkeypatch.delenv("POLARAGG_EXECUTOR", raising=False)
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})
     started = time.perf_counter()
-    client.execute()  # raises CellExecutionError on the first failing cell
+    nb = execute_notebook(NOTEBOOK, recipe_file, tmp_path, monkeypatch)
     print(f"notebook executed in {time.perf_counter() - started:.1f} s")
 
     code = [c for c in nb.cells if c.cell_type == "code"]

@@ -3,7 +3,6 @@ partitioned each of its granules exactly once (counted against the HDF5 files ge
 its report shows the rows and figures the CSV holds."""
 
 import csv
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks" / "cycles.py"
 CYCLE = re.compile(r"^ATL06_\d{14}_\d{4}(\d{2})\d{2}_\d{3}_\d{2}\.h5$")
@@ -21,11 +22,7 @@ QUICK_POINTS = ["1c", "1c-fit", "2c", "2c-nofit", "2c-pyramid"]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("polaragg_bench_cycles", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cycles")
 
 
 @pytest.fixture(scope="module")

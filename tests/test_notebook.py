@@ -1,11 +1,11 @@
 """Execute notebooks/01_explore.ipynb end to end against the session's demo granules."""
 
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
+
+from helpers import execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -36,28 +36,10 @@ def test_explore_notebook_runs_and_reads_each_granule_once(demo_recipe, tmp_path
     stored = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), "save the notebook without outputs"
 
-    work = tmp_path / "notebooks"
-    work.mkdir()
-    path = work / NOTEBOOK.name
-    shutil.copy(NOTEBOOK, path)
     recipe_file = tmp_path / "demo.yaml"
     recipe_file.write_text(yaml.safe_dump(demo_recipe.model_dump(mode="json")))
     out = tmp_path / "out"
-
-    # A "python3" kernelspec that runs this interpreter (the venv's), found first via JUPYTER_PATH.
-    prefix = tmp_path / "jupyter"
-    kernelspec.install(prefix=str(prefix), kernel_name="python3")
-    kernel_json = prefix / "share" / "jupyter" / "kernels" / "python3" / "kernel.json"
-    assert sys.executable in kernel_json.read_text()
-    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
-    monkeypatch.setenv("POLARAGG_RECIPE", str(recipe_file))
-    monkeypatch.setenv("POLARAGG_NOTEBOOK_OUT", str(out))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})
-    client.execute()  # raises CellExecutionError on the first failing cell
+    nb = execute_notebook(NOTEBOOK, recipe_file, tmp_path, monkeypatch)
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]

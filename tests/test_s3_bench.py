@@ -1,25 +1,21 @@
 """benchmarks/s3.py: the counting proxy counts what clients really sent (requests and body bytes, checked
 against boto3 calls made here and against the readers' own fetches), and pays the injected latency."""
 
-import importlib.util
 import math
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "s3.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("polaragg_bench_s3", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("s3")
 
 
 @pytest.fixture(scope="module")
