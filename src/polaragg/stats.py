@@ -133,36 +133,50 @@ def _key_picker(key: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return pick
 
 
+def merge_segments(block: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Statistics (..., n, len(STATS)) of cells merged over contiguous segments starting at `start` along
+    the cell axis: sums add, the second moment merges with Chan's formula, minima and maxima take the
+    least and the greatest. Quantiles need the observations: NaN here (`coarser_stats` reads them)."""
+    col = STAT_INDEX
+    block = np.asarray(block, np.float64)
+    seg = np.repeat(np.arange(start.size), np.diff(np.append(start, block.shape[-2])))
+    out = np.full(block.shape[:-2] + (start.size, block.shape[-1]), np.nan)
+
+    def add(name: str) -> np.ndarray:
+        return np.add.reduceat(block[..., col[name]], start, axis=-1)
+
+    for name in ("count", "sum_w", "sum_wh", "sum_h", "sum_t"):
+        out[..., col[name]] = add(name)
+    count, n_in = out[..., col["count"]], block[..., col["count"]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.where(n_in > 0, n_in * np.square(block[..., col["sum_h"]] / n_in
+                                                      - (out[..., col["sum_h"]] / count)[..., seg]), 0.0)
+        out[..., col["h_m2"]] = add("h_m2") + np.add.reduceat(spread, start, axis=-1)
+        has = count > 0
+        sum_w = out[..., col["sum_w"]]
+        out[..., col["h_mean"]] = np.where(has, out[..., col["sum_wh"]] / sum_w, np.nan)
+        out[..., col["h_sigma"]] = np.where(has, 1.0 / np.sqrt(sum_w), np.nan)
+        out[..., col["h_var"]] = np.where(has, out[..., col["h_m2"]] / count, np.nan)
+        out[..., col["t_mean"]] = np.where(has, out[..., col["sum_t"]] / count, np.nan)
+    out[..., col["h_min"]] = np.fmin.reduceat(block[..., col["h_min"]], start, axis=-1)
+    out[..., col["h_max"]] = np.fmax.reduceat(block[..., col["h_max"]], start, axis=-1)
+    return out
+
+
 def coarser_stats(block: np.ndarray, key: np.ndarray, factor: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """The statistics of groups of `factor` consecutive cells merged into one, and their sorted keys.
 
     `block` and `key` are what `grouped_stats_keys` returned for the finer cells (a key, not None).
-    Sums add, the second moment merges with Chan's formula, and minima, maxima and quantiles are read
-    from the keys with the cell part divided by `factor`, sorted again: the finer sort left them in
-    `factor` sorted runs per coarser cell, which the stable merge sort joins in one pass. The result
-    equals `grouped_stats` of the rows with their cells divided by `factor` (sums to rounding).
+    `merge_segments` merges the sums; minima, maxima and quantiles are read from the keys with the cell
+    part divided by `factor`, sorted again: the finer sort left them in `factor` sorted runs per coarser
+    cell, which the stable merge sort joins in one pass. The result equals `grouped_stats` of the rows
+    with their cells divided by `factor` (sums to rounding).
     """
-    col = STAT_INDEX
-    n_out = block.shape[0] // factor
-    fine = block.reshape(n_out, factor, -1)
-    out = empty_block(n_out)
-    for name in ("count", "sum_w", "sum_wh", "sum_h", "sum_t"):
-        out[:, col[name]] = fine[:, :, col[name]].sum(axis=1)
-    count = out[:, col["count"]]
-    has = count > 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n_in = fine[:, :, col["count"]]
-        mean = out[:, col["sum_h"]] / count
-        spread = np.where(n_in > 0, n_in * np.square(fine[:, :, col["sum_h"]] / n_in - mean[:, None]), 0.0)
-        out[:, col["h_m2"]] = fine[:, :, col["h_m2"]].sum(axis=1) + spread.sum(axis=1)
-        out[has, col["h_mean"]] = out[has, col["sum_wh"]] / out[has, col["sum_w"]]
-        out[has, col["h_sigma"]] = 1.0 / np.sqrt(out[has, col["sum_w"]])
-        out[has, col["h_var"]] = out[has, col["h_m2"]] / count[has]
-        out[has, col["t_mean"]] = out[has, col["sum_t"]] / count[has]
+    out = merge_segments(block, np.arange(0, block.shape[0], factor))
     shift = np.uint64(factor.bit_length() - 1)
     coarse = (((key >> np.uint64(32)) >> shift) << np.uint64(32)) | (key & _LOW32)
     coarse.sort(kind="stable")
-    _order_statistics(out, count, _key_picker(coarse))
+    _order_statistics(out, out[:, STAT_INDEX["count"]], _key_picker(coarse))
     return out, coarse
 
 
