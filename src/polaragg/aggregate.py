@@ -353,23 +353,19 @@ def level_parts(cols: dict[str, np.ndarray], job: ReduceJob, first_cell: int, sh
     (`finer`): sums and moments add up, quantiles are read from its keys sorted again (exact)."""
     chunk = job.chunk_cells >> shift
     n_groups = n_bins * chunk
-    if finer is not None and finer[2] is not None:
-        flat, key = coarser_stats(finer[0].reshape(n_groups * 4, -1), finer[2])
-        stats = flat.reshape(n_bins, chunk, -1)
-    else:
+    if finer is None or finer[2] is None:  # from the rows (the child order, or heights off the key path)
         cell = cols["cell"].astype(np.intp) >> shift
         group = cols["bin"] * chunk + cell
         flat, key = grouped_stats_keys(group, cols["h"], cols["sigma"], cols["t"], n_groups)
-        stats = flat.reshape(n_bins, chunk, -1)
+    else:
+        flat, key = coarser_stats(finer[0].reshape(n_groups * 4, -1), finer[2])
+    stats = flat.reshape(n_bins, chunk, -1)
     moments = None
     if job.schema.fit and finer is not None:
-        order = job.child_order - shift // 2
-        moments = moments_up(finer[1], (first_cell >> (shift - 2)), order + 1, job.hemisphere)
+        moments = moments_up(finer[1], first_cell >> (shift - 2), job.child_order - shift // 2 + 1, job.hemisphere)
     elif job.schema.fit:
-        cell = cols["cell"].astype(np.intp) >> shift
-        group = cols["bin"] * chunk + cell
-        cx, cy = cell_centres_xy((np.uint64(first_cell) >> np.uint64(shift)) + np.arange(chunk, dtype=np.uint64),
-                                 job.child_order - shift // 2, job.hemisphere, num_threads=1)
+        cx, cy = cell_centres_xy(np.uint64(first_cell) + np.arange(chunk, dtype=np.uint64), job.child_order,
+                                 job.hemisphere, num_threads=1)
         w = 1.0 / np.square(cols["sigma"].astype(np.float64))
         moments = group_moments(group, n_groups, w, cols["x"] - cx[cell], cols["y"] - cy[cell],
                                 job.bins.years(cols["t"]), cols["h"].astype(np.float64)).reshape(n_bins, chunk, -1)
