@@ -31,7 +31,7 @@ LAYERS: dict[str, set[str]] = {
     "domain": {"grid", "products", "products.atl06", "stats", "coverage", "aoi", "memory", "projection", "change", "timebins", "schema", "pyramid"},
     # granules, Zarr store, ledger, lock, CMR, catalog, sources, synthetic granules, checks and maps of a store,
     # the retry policy they share
-    "io": {"fs", "retry", "chunks", "read", "intermediate", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
+    "io": {"fs", "retry", "credentials", "chunks", "read", "intermediate", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
     # one task, the plan, executors and cloud services, cost, progress, the runner
     "execution": {"aggregate", "plan", "executors", "cloud", "calibration", "cost", "progress", "runner"},
     # the public entry points: the package namespace, the command line, build scripts

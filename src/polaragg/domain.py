@@ -92,6 +92,8 @@ class ExecutorChoice:
     lambda_options: Any = None  # recipe.LambdaOptions for `lambda`
     coiled_options: Any = None  # recipe.CoiledOptions for `coiled`
     allowed_mem: int | None = None  # bytes a task may use
+    address: str | None = None  # dask-distributed: a running scheduler's address
+    lithops_storage_bucket: str | None = None  # lithops-local: Lithops' job data in this S3 bucket
 
     @property
     def engine(self) -> str:

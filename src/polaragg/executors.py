@@ -11,13 +11,18 @@ workers after `TASKS_PER_WORKER` tasks when set) and die with their client (`gua
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 
 from . import cloud
+from .credentials import TaskCredentials, receive
 from .domain import ALL_EXECUTORS, DASK_EXECUTORS, LOCAL_EXECUTORS, ExecutorChoice, ExecutorError
 
 # Tasks per `processes` worker before it is replaced (a reused worker keeps part of the heap of the
@@ -27,6 +32,9 @@ from .domain import ALL_EXECUTORS, DASK_EXECUTORS, LOCAL_EXECUTORS, ExecutorChoi
 TASKS_PER_WORKER: int | None = None
 CLIENT_MARKER = "POLARAGG_CLIENT"  # environment variable naming the client that started a process
 REAP_INTERVAL_S = 0.25
+PUSH_INTERVAL_S = 1.0  # how often a Dask client checks whether its credentials were refreshed
+
+logger = logging.getLogger(__name__)
 
 
 # Modules a `processes` worker needs, imported once by the fork server instead of by every worker.
@@ -69,6 +77,11 @@ def cubed_executor(choice: ExecutorChoice):
             "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
             "localhost": {"runtime": sys.executable, "worker_processes": choice.workers},
         }
+        if choice.lithops_storage_bucket:  # job data in S3, as on Lambda (endpoint and identity: boto3's chain)
+            config["lithops"]["storage"] = "aws_s3"
+            config["aws_s3"] = {"storage_bucket": choice.lithops_storage_bucket,
+                                "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                                or "us-west-2"}
         guard_workers()  # Lithops localhost runs each task in its own interpreter, in a new session
         return LithopsExecutor(config=config)
     if choice.name == "lambda":
@@ -82,8 +95,42 @@ def cubed_executor(choice: ExecutorChoice):
     raise ExecutorError(f"unknown executor {choice.name!r}; expected one of {', '.join(ALL_EXECUTORS)}")
 
 
-def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
-    """Compute a Dask array on the named Dask executor."""
+@contextlib.contextmanager
+def pushing_credentials(client, credentials: Sequence[TaskCredentials]) -> Iterator[None]:
+    """While the block runs, send every refresh of `credentials` to all of the cluster's workers (tasks
+    were serialized once, at submission, with the credentials of that moment)."""
+    if not credentials:
+        yield
+        return
+    stop = threading.Event()
+    seen = {c.ident: c.generation for c in credentials}
+
+    def loop() -> None:
+        while not stop.wait(PUSH_INTERVAL_S):
+            for c in credentials:
+                try:
+                    c.current()  # refreshed here when due
+                    if c.generation != seen[c.ident]:
+                        client.run(receive, c)
+                        seen[c.ident] = c.generation
+                except Exception as exc:  # noqa: BLE001 - retried at the next tick; tasks report what fails
+                    logger.warning("could not send refreshed credentials.%s to the workers: %s", c.name,
+                                   type(exc).__name__)
+
+    thread = threading.Thread(target=loop, name="polaragg-credentials-push", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def dask_compute(arr, choice: ExecutorChoice, address: str | None = None,
+                 credentials: Sequence[TaskCredentials] = ()):
+    """Compute a Dask array on the named Dask executor (refreshed `credentials` are pushed to a cluster's
+    workers; the local threaded scheduler shares the client's own)."""
+    address = address or choice.address
     if choice.name == "dask":
         return arr.compute(scheduler="threads", num_workers=choice.workers)
     if choice.name == "dask-distributed":
@@ -93,7 +140,7 @@ def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
             raise ExecutorError("dask-distributed needs the 'dask' extra: pip install 'polaragg[dask]'") from exc
         if address:
             try:
-                with Client(address, timeout="10s") as client:
+                with Client(address, timeout="10s") as client, pushing_credentials(client, credentials):
                     return client.compute(arr).result()
             except OSError as exc:
                 raise ExecutorError(f"Dask scheduler at {address} is not reachable: {exc}") from exc
@@ -106,14 +153,15 @@ def dask_compute(arr, choice: ExecutorChoice, address: str | None = None):
         with dask.config.set({f"distributed.worker.memory.{k}": v for k, v in memory.items()}), \
                 LocalCluster(n_workers=choice.workers, threads_per_worker=1, processes=True,
                              dashboard_address=None, memory_limit=choice.allowed_mem or "auto") as cluster, \
-                Client(cluster) as client:
+                Client(cluster) as client, pushing_credentials(client, credentials):
             return client.compute(arr).result()
     if choice.name == "coiled":
         from .recipe import CoiledOptions
 
         client = cloud.coiled_client(choice.coiled_options or CoiledOptions())
         try:
-            return client.compute(arr).result()
+            with pushing_credentials(client, credentials):
+                return client.compute(arr).result()
         finally:
             client.close()
             client.cluster.close()

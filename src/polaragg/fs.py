@@ -6,9 +6,12 @@ not minutes, per request; `read.py` adds a circuit breaker over them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import urllib.parse
 import uuid
+from collections.abc import Iterator, Mapping
 
 # botocore Config for every S3 client polaragg builds or configures (s3fs `config_kwargs`, h5coro's
 # S3 driver): a TCP connect that does not finish in 3 s, or a response silent for 10 s, fails, and
@@ -25,6 +28,8 @@ def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
     Credentials are never added here: they stay with botocore's credential chain. Timeouts and retries
     (`S3_CLIENT_CONFIG`) are added to `config_kwargs` where the caller did not set them.
     """
+    if storage_options is None:
+        storage_options = scoped_options(url)
     options = dict(storage_options or {})
     if not url.startswith(("s3://", "s3a://")):
         return options
@@ -37,6 +42,33 @@ def fsspec_options(url: str, storage_options: dict | None = None) -> dict:
     if endpoint:
         options["endpoint_url"] = endpoint
     return options
+
+
+_SCOPES: list[tuple[str, Mapping]] = []  # (URL prefix, options) of the runs in progress in this process
+_SCOPES_LOCK = threading.Lock()
+
+
+def scoped_options(url: str) -> Mapping | None:
+    """The options a run in progress set for `url` (longest matching prefix), or None."""
+    with _SCOPES_LOCK:
+        matches = [(len(p), o) for p, o in _SCOPES if url.startswith(p)]
+    return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+@contextlib.contextmanager
+def options_scope(scopes: Mapping[str, Mapping]) -> Iterator[None]:
+    """Within the block, calls that pass no storage options for a URL under one of the prefixes get
+    that prefix's options: the client side of a run reaches its store and granules with the run's
+    credentials without threading them through every call (tasks carry theirs explicitly)."""
+    entries = [(p, o) for p, o in scopes.items()]
+    with _SCOPES_LOCK:
+        _SCOPES.extend(entries)
+    try:
+        yield
+    finally:
+        with _SCOPES_LOCK:
+            for entry in entries:
+                _SCOPES.remove(entry)
 
 
 class EndpointUnreachable(ConnectionError):

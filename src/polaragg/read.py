@@ -341,12 +341,17 @@ class H5coroGranule(_GranuleBase):
         from h5coro import h5coro
 
         self.url = url
+        if storage_options is None:
+            from .fs import scoped_options
+
+            storage_options = scoped_options(url)
         options = dict(storage_options or {})
         if url.startswith("s3://"):
-            # The endpoint comes from the environment: botocore honours AWS_ENDPOINT_URL_S3 /
-            # AWS_ENDPOINT_URL (h5coro's S3 driver has no endpoint argument).
+            # A run's S3Options give credentials, endpoint and anonymity explicitly; otherwise they come
+            # from the environment (botocore honours AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL).
             driver, resource = _s3_driver_class(), url.removeprefix("s3://")
-            credentials = options.get("credentials") or _s3_credentials_from_env()
+            credentials = (storage_options.h5coro() if hasattr(storage_options, "h5coro")
+                           else options.get("credentials") or _s3_credentials_from_env())
         elif url.startswith(("http://", "https://")):
             from h5coro import webdriver
 
@@ -500,12 +505,15 @@ def _s3_driver_class():
     None (which later surfaces as a TypeError with no reason), and reusing boto3 sessions."""
     global _S3_DRIVER_CLASS
     if _S3_DRIVER_CLASS is None:
+        from botocore import UNSIGNED
         from botocore.config import Config
         from h5coro import s3driver
 
         class ClassifyingS3Driver(s3driver.S3Driver):
             def __init__(self, resource, credentials, session=None, max_connections=None):
-                key = (os.getpid(), tuple(sorted((str(k), str(v)) for k, v in dict(credentials).items())))
+                credentials = dict(credentials)
+                endpoint, anon = credentials.pop("endpoint_url", None), credentials.pop("anon", False)
+                key = (os.getpid(), tuple(sorted((str(k), str(v)) for k, v in credentials.items())))
                 with _S3_SESSIONS_LOCK:
                     if session is None:
                         session = _S3_SESSIONS.get(key)
@@ -515,8 +523,11 @@ def _s3_driver_class():
                             _S3_SESSIONS.pop(next(iter(_S3_SESSIONS)))
                         _S3_SESSIONS[key] = self.session
                     # h5coro's own client, with polaragg's timeouts and retries (shared with s3fs)
-                    self.client = self.session.client("s3", use_ssl=False, config=Config(
-                        max_pool_connections=self.max_connections, tcp_keepalive=True, **S3_CLIENT_CONFIG))
+                    unsigned = {"signature_version": UNSIGNED} if anon else {}
+                    self.client = self.session.client("s3", use_ssl=False, endpoint_url=endpoint, config=Config(
+                        max_pool_connections=self.max_connections, tcp_keepalive=True, **S3_CLIENT_CONFIG,
+                        **unsigned))
+                    self._extra = {k: v for k, v in (("endpoint_url", endpoint), ("anon", anon)) if v}
 
             def read(self, offset, size):
                 if self._closed:
@@ -530,8 +541,8 @@ def _s3_driver_class():
                     raise classify_s3_error(exc, self.bucket_name, self.key) from exc
 
             def copy(self, max_connections=None):
-                return type(self)("/".join(self.resourcePath), self.cached_credentials, self.session,
-                                  max_connections)
+                return type(self)("/".join(self.resourcePath), {**self.cached_credentials, **self._extra},
+                                  self.session, max_connections)
 
         _S3_DRIVER_CLASS = ClassifyingS3Driver
     return _S3_DRIVER_CLASS

@@ -303,6 +303,10 @@ class ExecutorConfig(_Model):
     work_dir: str | None = None
     aws_lambda: LambdaOptions = Field(default_factory=LambdaOptions, alias="lambda")
     coiled: CoiledOptions = CoiledOptions()
+    # dask-distributed: the address of a running scheduler (tcp://host:8786); none: a LocalCluster here
+    scheduler: Annotated[str, Field(pattern=r"^(tcp|tls|inproc|ws|wss)://\S+$")] | None = None
+    # lithops-local: keep Lithops' job data in this S3 bucket (as on Lambda) instead of on this machine
+    lithops_storage_bucket: str | None = None
 
     @field_validator("memory_per_task", mode="before")
     @classmethod
@@ -313,6 +317,48 @@ class ExecutorConfig(_Model):
     @property
     def memory_bytes(self) -> int:
         return _memory_size(self.memory_per_task)
+
+
+NSIDC_S3_CREDENTIALS = "https://data.nsidc.earthdatacloud.nasa.gov/s3credentials"
+
+
+class CredentialsConfig(_Model):
+    """Where the S3 credentials of one set of buckets come from, and how tasks keep them current.
+
+    - `client` (default): the client's AWS credential chain (environment, profile, SSO, role), resolved
+      on the client and sent with every task, so workers need no AWS setup of their own;
+    - `earthdata`: temporary credentials from a DAAC's `s3credentials` endpoint (`endpoint`, default
+      NSIDC's), authorised by the Earthdata login token in the environment variable `token_env`;
+    - `worker`: nothing is sent; each worker uses its own chain (e.g. a Lambda execution role);
+    - `anonymous`: unsigned requests (public buckets).
+
+    Credentials are refreshed `refresh_margin_s` before they expire; a task dispatched after a refresh
+    gets the new ones. With `workers_refresh` (earthdata only) the login token travels with the tasks too,
+    so a worker fetches fresh credentials itself when the ones it got are about to expire.
+    """
+
+    source: Literal["client", "earthdata", "worker", "anonymous"] = "client"
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = None
+    token_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "EARTHDATA_TOKEN"
+    refresh_margin_s: Annotated[float, Field(ge=0)] = 600.0
+    workers_refresh: bool = False
+
+    @model_validator(mode="after")
+    def _endpoint_for_earthdata(self) -> "CredentialsConfig":
+        if self.source != "earthdata" and (self.endpoint is not None or self.workers_refresh):
+            raise ValueError("endpoint and workers_refresh apply to source 'earthdata' only")
+        return self
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.endpoint or NSIDC_S3_CREDENTIALS
+
+
+class CredentialsSection(_Model):
+    """Credentials for the granules' buckets and for the store's (with the partitions and work_dir)."""
+
+    granules: CredentialsConfig = CredentialsConfig()
+    store: CredentialsConfig = CredentialsConfig()
 
 
 class CycleRange(_Model):
@@ -390,6 +436,7 @@ class Recipe(_Model):
     executor: ExecutorConfig = ExecutorConfig()
     output: OutputConfig = OutputConfig()
     time: TimeConfig = TimeConfig()
+    credentials: CredentialsSection = CredentialsSection()
 
     @model_validator(mode="after")
     def _pyramid_within_grid(self) -> "Recipe":

@@ -27,6 +27,7 @@ import xarray as xr
 
 from .catalog import Catalog
 from .cost import run_cost
+from .credentials import RunCredentials
 from .domain import ExecutorChoice
 from .executors import cubed_executor, preflight
 from .intermediate import SUFFIX as PARTITIONS_SUFFIX
@@ -136,9 +137,11 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     return dataset_from_plan(plan, location, chunk_manager, spec, attrs)
 
 
-def partitions_location(store: str) -> Location:
-    """Where a run keeps its partitions: next to the store (the same folder or bucket)."""
-    return Location(store.rstrip("/") + PARTITIONS_SUFFIX)
+def partitions_location(store: str, credentials: RunCredentials = RunCredentials()) -> Location:
+    """Where a run keeps its partitions: next to the store (the same folder or bucket), reached with the
+    store's credentials."""
+    url = store.rstrip("/") + PARTITIONS_SUFFIX
+    return Location(url, storage_options=credentials.options(url, "store"))
 
 
 
@@ -165,16 +168,29 @@ def run(
     adds its new bins and refits its cells over all bins from the stored moments, and the pyramid's
     merged orders are merged again; an interrupted append finishes with `append=True` again.
     """
-    from .lock import refuse_if_locked
-
     stream = sys.stderr if stream is None else stream
     recipe = _as_recipe(recipe)
     store = recipe.output.store if store is None else store
     overwrite = recipe.output.overwrite if overwrite is None else overwrite
     choice = ExecutorChoice(executor or recipe.executor.name, max_workers or recipe.executor.max_workers,
                             lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
-                            allowed_mem=recipe.executor.memory_bytes)
+                            allowed_mem=recipe.executor.memory_bytes, address=recipe.executor.scheduler,
+                            lithops_storage_bucket=recipe.executor.lithops_storage_bucket)
     start = time.perf_counter()
+    with contextlib.ExitStack() as scopes:
+        return _run(recipe, store, choice, resume, overwrite, append, progress, stream, start, scopes)
+
+
+def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overwrite: bool, append: bool,
+         progress: bool, stream: TextIO, start: float, scopes: contextlib.ExitStack) -> RunSummary:
+    """`run` once the executor is chosen; `scopes` holds the run's credential scopes until it returns."""
+    from .credentials import run_credentials
+    from .fs import options_scope
+    from .lock import refuse_if_locked
+
+    work_dir = recipe.executor.work_dir or ""
+    credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+    scopes.enter_context(options_scope(credentials.scopes([store.rstrip("/"), work_dir.rstrip("/")])))
     try:
         state = inspect_target(store)
     except StoreError:
@@ -194,14 +210,18 @@ def run(
                          "replace it, --resume to finish it or --append to add time bins")
     preflight(choice)  # a cloud executor's service answers, before anything is created
     catalog = load_catalog(recipe)
+    if catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any():
+        credentials = dataclasses.replace(credentials, granules=run_credentials(recipe.credentials, True, False).granules)
+        scopes.enter_context(options_scope({k: v for k, v in credentials.scopes([]).items()}))
     if append:
         plan, inputs = _append_plan(recipe, catalog, store, choice)
     else:
         plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
         inputs = _inputs(plan, catalog)
+    plan = dataclasses.replace(plan, storage_options=credentials.options("s3://", "granules"))
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
     job = _Job(recipe, store, choice, state, resume or append, plan, catalog, inputs, fingerprint, progress, stream,
-               start, append)
+               start, append, credentials)
     try:
         return _run_locked(job)
     except OSError as exc:
@@ -227,6 +247,7 @@ class _Job:
     stream: TextIO
     start: float
     append: bool = False
+    credentials: RunCredentials = RunCredentials()
 
 
 def _run_locked(job: _Job) -> RunSummary:
@@ -237,7 +258,7 @@ def _run_locked(job: _Job) -> RunSummary:
     recipe, store, choice, plan, fingerprint, stream = (job.recipe, job.store, job.choice, job.plan,
                                                         job.fingerprint, job.stream)
 
-    location = partitions_location(store)
+    location = partitions_location(store, job.credentials)
     with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
         if job.append:
@@ -267,8 +288,9 @@ def _run_locked(job: _Job) -> RunSummary:
                 location.create()
                 records = _fresh_records(store)
                 target = RunTarget(store=store, executor=choice.name, fingerprint=fingerprint,
+                                   storage_options=job.credentials.options(store, "store"),
                                    attempts={k: r.attempt for k, r in records.items()})
-                _compute_with_retries(plan, location, target, choice, order, recipe)
+                _compute_with_retries(plan, location, target, choice, order, recipe, job.credentials)
                 # A task skipped on resume lacks the rows of a granule partitioned only now (one that
                 # failed before): the granule's reporter names it; run it again from the partitions.
                 order = _tasks_missing_rows(_fresh_records(store).values(), plan)
@@ -397,7 +419,7 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
 
 
 def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice,
-                          order: list[int], recipe: Recipe) -> None:
+                          order: list[int], recipe: Recipe, credentials: RunCredentials) -> None:
     """Run the tasks in `order`; tasks lost with a worker that died run again, like transient failures."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -405,7 +427,8 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
     for attempt in range(1, attempts + 1):
         run_id = uuid.uuid4().hex
         try:
-            _compute(plan.with_columns(order), location, dataclasses.replace(target, run_id=run_id), choice, recipe)
+            _compute(plan.with_columns(order), location, dataclasses.replace(target, run_id=run_id), choice, recipe,
+                     credentials)
             return
         except BrokenProcessPool as exc:
             fresh = _fresh_records(target.store)
@@ -420,28 +443,31 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
 WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run with a remote store: next to it
 
 
-def work_location(store: str, recipe: Recipe, run_id: str) -> Location | None:
+def work_location(store: str, recipe: Recipe, run_id: str,
+                  credentials: RunCredentials = RunCredentials()) -> Location | None:
     """Where this run's Cubed intermediates go: a folder of its own under `executor.work_dir`, else
-    `<store>.cubed` for a remote store (workers cannot see the client's disk); None: a local temporary one."""
+    `<store>.cubed` for a remote store (workers cannot see the client's disk); None: a local temporary one.
+    Reached with the store's credentials."""
     if recipe.executor.work_dir:
-        return Location(f"{recipe.executor.work_dir.rstrip('/')}/polaragg-{run_id}")
-    if is_remote(store):
-        return Location(store.rstrip("/") + WORK_SUFFIX)
-    return None
+        url = f"{recipe.executor.work_dir.rstrip('/')}/polaragg-{run_id}"
+    elif is_remote(store):
+        url = store.rstrip("/") + WORK_SUFFIX
+    else:
+        return None
+    return Location(url, storage_options=credentials.options(url, "store"))
 
 
-def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe) -> np.ndarray:
+def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe,
+             credentials: RunCredentials = RunCredentials()) -> np.ndarray:
     if choice.engine == "cubed":
-        from .fs import fsspec_options
-
-        work = work_location(target.store, recipe, target.run_id)
+        work = work_location(target.store, recipe, target.run_id, credentials)
         in_process = choice.name in ("single-threaded", "threads")
         if work is not None and not in_process:
             if not work.is_ours():
                 raise StoreError(f"{work.url} exists and was not made by polaragg; set executor.work_dir elsewhere")
             work.create()
         spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
-                            in_process=in_process, storage_options=fsspec_options(work.url) if work else None)
+                            in_process=in_process, storage_options=work.storage_options if work else None)
         arr = run_array(plan, location, target, "cubed", spec)
         result = arr.compute(executor=cubed_executor(choice))
         if work is not None and not in_process:
@@ -449,7 +475,7 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
         return result
     from .executors import dask_compute
 
-    return dask_compute(run_array(plan, location, target, "dask"), choice)
+    return dask_compute(run_array(plan, location, target, "dask"), choice, credentials=credentials.sets())
 
 
 def _child_cells_with_data(store: str) -> int:
