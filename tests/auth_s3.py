@@ -316,9 +316,13 @@ class _ProxyHandler(_Handler):
 
     def _check(self) -> str | None:
         """None when the request may go upstream, else the S3 error code to refuse it with."""
-        credentials: CredentialsEndpoint = self.server.owner.credentials
+        owner: TokenCheckingProxy = self.server.owner
+        credentials: CredentialsEndpoint = owner.credentials
         token = self._token()
         if token is None:
+            bucket = urlsplit(self.path).path.lstrip("/").split("/", 1)[0]
+            if owner.static_keys.get(self._access_key() or "") == bucket:
+                return None  # an account's own long-term key, admitted on its one bucket only
             return "AccessDenied"
         if credentials.expires_at(token) is None:
             return "InvalidToken"
@@ -467,8 +471,15 @@ class TokenCheckingProxy(_ServerBase):
         self._forwarded = 0
         self._refused: list[tuple[str, str, str]] = []
         self._tokens: set[str] = set()
+        # long-term access key -> the one bucket it may use without a session token (see `allow_static`)
+        self.static_keys: dict[str, str] = {}
         super().__init__()
         self.url = f"http://{self.host}:{self.port}"
+
+    def allow_static(self, access_key: str, bucket: str) -> None:
+        """Admit requests signed with `access_key` and no session token, on `bucket` only (e.g. Lithops'
+        own storage bucket, reached on Lambda with the account's identity, not the run's credentials)."""
+        self.static_keys[access_key] = bucket
 
     @property
     def forwarded(self) -> int:

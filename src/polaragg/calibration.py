@@ -1,8 +1,14 @@
-"""Calibration: the seconds of a task from its size, fitted on a ledger or shipped.
+"""Calibration: what a task costs from its size, fitted on a ledger, shipped, or measured on S3.
 
-A task's seconds are modelled as a * rows_in_cell + b * granules + c, so a plan can be priced before it
-runs. `calibrate(records)` fits the model on ledger records (non-negative least squares);
-`default_calibration()` is a fit shipped in `prices.yaml` for when no ledger exists.
+- A task's seconds are modelled as a * rows_in_cell + b * granules + c, so a plan can be priced before it
+  runs. `calibrate(records)` fits the model on ledger records (non-negative least squares);
+  `default_calibration()` is a fit shipped in `prices.yaml` for when no ledger exists.
+- `measured_figures(reader)` are the one-pass design's own counts, measured against a local S3 server by
+  benchmarks/s3_requests.py and shipped in `polaragg/data/onepass_measured.json`: per granule of the granule
+  stage, CPU-seconds, GETs and bytes linear in its rows, and its other requests; per cell task, CPU-seconds
+  linear in observations and segments, and its requests per segment, per reported granule and per task; the
+  client's requests; the CPU-seconds of a worker's cold start. `polaragg.cost.project_full_cycle` and
+  `estimate` price them.
 """
 
 from __future__ import annotations
@@ -136,3 +142,152 @@ def calibrate(records: Sequence[TaskRecord], *, intercept: bool = True, robust: 
         observations_per_row=obs / rows if rows else 1.0,
         name=name, n_records=len(usable), rejected=int((~keep).sum()), r2=r2, source=source, machine=machine,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measured figures of the one-pass design (requests, bytes and CPU-seconds per granule and per cell task)
+
+MEASURED_FILE = "onepass_measured.json"  # in polaragg/data, written by benchmarks/s3_requests.py --install
+MEASURED_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class GranuleStageFigures:
+    """One granule through the granule stage (read, filter, HEALPix, partition written), per granule with
+    `rows` rows read: CPU-seconds, GETs and bytes on its object = a + b x rows; other requests per granule."""
+
+    cpu_seconds_per_granule: float
+    cpu_seconds_per_row: float
+    gets_per_granule: float
+    gets_per_row: float
+    get_bytes_per_granule: float
+    get_bytes_per_row: float
+    heads_per_granule: float  # HEADs of the granule object (s3fs asks for its size)
+    other_get_class_per_granule: float  # e.g. the HEAD looking for an earlier partition record
+    put_class_per_granule: float  # partition rows + record PUTs, and the LIST s3fs sends after a HEAD 404
+    request_concurrency: float  # requests in flight at once, measured with injected latency
+
+    def cpu_seconds(self, rows: Any) -> Any:
+        return self.cpu_seconds_per_granule + self.cpu_seconds_per_row * np.asarray(rows, dtype=np.float64)
+
+    def gets(self, rows: Any) -> Any:
+        """GET-class requests of one granule: its object's GETs and HEADs and the stage's other GET-class."""
+        return (self.gets_per_granule + self.gets_per_row * np.asarray(rows, dtype=np.float64)
+                + self.heads_per_granule + self.other_get_class_per_granule)
+
+    def get_bytes(self, rows: Any) -> Any:
+        return self.get_bytes_per_granule + self.get_bytes_per_row * np.asarray(rows, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CellStageFigures:
+    """One cell task (reads its segments of the partitions, reduces, writes its chunks and record)."""
+
+    cpu_seconds_per_task: float
+    cpu_seconds_per_observation: float
+    cpu_seconds_per_segment: float
+    segment_gets_per_segment: float  # one ranged GET per (granule, task) segment with rows
+    segment_bytes_per_observation: float
+    record_get_class_per_granule: float  # HEAD + GET of each partition record the task reports
+    other_get_class_per_task: float
+    chunk_puts_per_task: float  # as measured; a projection takes the plan's schema instead
+    task_record_puts_per_task: float
+    other_put_class_per_task: float
+    segments_per_planned_pair: float  # share of the footprints' (cell, granule) pairs that hold rows
+    request_concurrency: float
+
+    def cpu_seconds(self, observations: Any, segments: Any) -> Any:
+        return (self.cpu_seconds_per_task
+                + self.cpu_seconds_per_observation * np.asarray(observations, dtype=np.float64)
+                + self.cpu_seconds_per_segment * np.asarray(segments, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class ClientFigures:
+    """The client's own requests (store creation, lock, inputs, reading the ledger back, finishing)."""
+
+    get_class_per_task: float
+    put_class_per_task: float
+    get_class_per_run: float
+    put_class_per_run: float
+
+
+@dataclass(frozen=True)
+class OnePassFigures:
+    """What one granule and one cell task of the one-pass design cost in S3 requests, bytes and CPU-seconds,
+    with one reader, as measured by benchmarks/s3_requests.py (see benchmarks/results/cost.md)."""
+
+    reader: str
+    granule: GranuleStageFigures
+    cell: CellStageFigures
+    client: ClientFigures
+    cold_start_cpu_seconds: float  # a fresh interpreter importing what a worker imports
+    commit: str = ""
+    date: str = ""
+    machine: str = ""
+    latency_ms: float = 0.0  # injected by the benchmark's proxy when the concurrency was measured
+    source: str = ""
+
+
+def _figures(cls: type, spec: dict[str, Any], where: str) -> Any:
+    try:
+        return cls(**{f.name: float(spec[f.name]) for f in fields(cls)})
+    except KeyError as exc:
+        raise PriceError(f"{where}: missing {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise PriceError(f"{where}: {exc}") from None
+
+
+def _positive(value: Any) -> float:
+    v = float(value) if value is not None else 1.0
+    return v if v > 0 else 1.0
+
+
+def load_measured(data: dict[str, Any], reader: str = "h5coro", where: str = MEASURED_FILE) -> OnePassFigures:
+    """The figures of `reader` from a measured-figures document (benchmarks/results/cost.json's layout)."""
+    if int(data.get("format", 0)) != MEASURED_FORMAT:
+        raise PriceError(f"{where}: format {data.get('format')!r}, expected {MEASURED_FORMAT}")
+    readers = data.get("readers") or {}
+    if reader not in readers:
+        raise PriceError(f"{where}: no figures for reader {reader!r} (measured: {', '.join(sorted(readers)) or 'none'})")
+    r = readers[reader]
+    g, c, k = r["granule_stage"], r["cell_stage"], r["client"]
+    granule = _figures(GranuleStageFigures, {
+        "cpu_seconds_per_granule": g["cpu_seconds"]["per_granule"], "cpu_seconds_per_row": g["cpu_seconds"]["per_row"],
+        "gets_per_granule": g["granule_gets"]["per_granule"], "gets_per_row": g["granule_gets"]["per_row"],
+        "get_bytes_per_granule": g["granule_get_bytes"]["per_granule"],
+        "get_bytes_per_row": g["granule_get_bytes"]["per_row"], "heads_per_granule": g["granule_heads_per_granule"],
+        "other_get_class_per_granule": g["other_get_class_per_granule"],
+        "put_class_per_granule": g["put_class_per_granule"], "request_concurrency": _positive(g["request_concurrency"]),
+    }, f"{where}: {reader} granule_stage")
+    cell = _figures(CellStageFigures, {
+        "cpu_seconds_per_task": c["cpu_seconds"]["per_task"],
+        "cpu_seconds_per_observation": c["cpu_seconds"]["per_observation"],
+        "cpu_seconds_per_segment": c["cpu_seconds"]["per_segment"],
+        **{name: c[name] for name in ("segment_gets_per_segment", "segment_bytes_per_observation",
+                                      "record_get_class_per_granule", "other_get_class_per_task",
+                                      "chunk_puts_per_task", "task_record_puts_per_task", "other_put_class_per_task",
+                                      "segments_per_planned_pair")},
+        "request_concurrency": _positive(c["request_concurrency"]),
+    }, f"{where}: {reader} cell_stage")
+    client = _figures(ClientFigures, k, f"{where}: {reader} client")
+    return OnePassFigures(reader=reader, granule=granule, cell=cell, client=client,
+                          cold_start_cpu_seconds=float(data.get("cold_start_cpu_seconds", 0.0)),
+                          commit=str(data.get("commit", "")), date=str(data.get("date", "")),
+                          machine=str(data.get("machine", "")), latency_ms=float(data.get("latency_ms", 0.0)),
+                          source=str(data.get("source", "")))
+
+
+def measured_figures(reader: str = "h5coro", path: str | None = None) -> OnePassFigures:
+    """The shipped measured figures of `reader` (polaragg/data/onepass_measured.json), or those of a
+    benchmark output file (`path`, e.g. benchmarks/results/cost.json)."""
+    import json
+    from importlib import resources
+    from pathlib import Path
+
+    file = Path(path) if path else Path(str(resources.files("polaragg") / "data" / MEASURED_FILE))
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise PriceError(f"measured figures not found: {file} (benchmarks/s3_requests.py --install writes them)") from None
+    return load_measured(data, reader, str(file))

@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"      {dhdt}")
     print("[4/4] Done.\n")
     print(summary.format())
-    print(_cost_text(store))
+    print(_cost_text(summary.cost))
     print(f"\nOpen it: xr.open_zarr({store!r}).dggs.decode()   (demo total {time.perf_counter() - t0:.1f}s)")
     return 0
 
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run(args.recipe, store=args.store, executor=args.executor, max_workers=args.workers,
                   resume=args.resume, overwrite=True if args.overwrite else None, append=args.append)
     print(summary.format())
-    print(_cost_text(summary.store))
+    print(_cost_text(summary.cost))
     return 0 if summary.cells_failed == 0 else 3
 
 
@@ -158,13 +158,10 @@ def describe_plan(plan, top: int = 10, observations_per_row: float = 1.0) -> str
     return "\n".join(lines)
 
 
-def _cost_text(store: str) -> str:
-    import json
-
+def _cost_text(cost: dict) -> str:
     from .cost import format_cost
-    from .store import open_store
 
-    return format_cost(json.loads(open_store(store).attrs.get("run_cost", "{}")))
+    return format_cost(cost)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -1,18 +1,22 @@
-"""What a run costs: a finished run priced from its ledger, and a plan or a full cycle estimated before one.
+"""What a run costs: a finished run priced from its ledger, and a plan or a full cycle projected before one.
 
 - `run_cost(records, prices, executor=...)` prices a run from its ledger records alone
   (`ledger.read_records`), so the figures can be recomputed on any machine, for any executor, long after
   the run.
-- `estimate(plan_tasks, calibration, prices)` projects task-seconds and the Lambda / Coiled bill of a plan;
-  `project_full_cycle(calibration, prices)` does it for one full ATL06 cycle over Antarctica.
+- `estimate(plan)` projects a plan's task-seconds and its Lambda / EC2 / Coiled / S3 bill;
+  `project_full_cycle()` does it for one full ATL06 cycle over Antarctica. Both price the one-pass design
+  from its own measured counts (`calibration.measured_figures`: GETs, bytes and CPU-seconds per granule of
+  the granule stage, per cell task of the cell stage, and the client's requests, measured against a local
+  S3 server by benchmarks/s3_requests.py) and print their assumptions; the field's published runs are
+  reference rows beside them (`published_reference`), never inputs.
 - `format_cost(report)` is the cost block printed after a run.
 
-Prices come from `prices.load_prices`, task seconds before a run from `calibration`.
+Prices and the projection's assumptions come from `prices.load_prices` (polaragg/data/prices.yaml).
 
 Every report carries the Lambda, EC2/Coiled and S3-request figures side by side ("what would this have cost
 there"), and `total_usd` picks the one billed for the executor actually used (None for local executors).
 
-Model, per task (one ledger record):
+Model of a finished run, per task (one ledger record):
 
 - Lambda: one invocation per attempt; each attempt billed ceil-to-1-ms(seconds * cpu_scale + init_seconds)
   x memory in GB (MB / 1024). A record with `attempt = k` stands for k invocations; the duration of the
@@ -28,18 +32,26 @@ Model, per task (one ledger record):
 - S3 requests: GETs = granules read x `s3_gets_per_granule` (each granule once when the records report
   the granule stage, else once per task that read it); PUTs = tasks x (stored variables + 1 ledger
   record) + one partition per granule. Transfer inside the region is free.
+
+Model of a projection (`project_full_cycle`, `estimate`; docs/cost.md): per task, CPU-seconds, GET-class and
+PUT-class requests and GET bytes from the measured figures (granule stage linear in rows, cell stage in
+observations and segments, a cell task's PUTs from the plan's schema); seconds = CPU / vcpu_speed (x the
+Lambda's CPU scale) + requests x s3_request_latency_seconds / the stage's measured request concurrency +
+bytes / s3_worker_mb_per_second; Lambda bills each task ceil-to-1-ms plus one INIT (the measured cold-start
+CPU) per concurrent function; the wall clock is the INIT plus each stage's max(slowest task, seconds /
+workers).
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .calibration import Calibration, default_calibration
+from .calibration import Calibration, OnePassFigures, default_calibration, measured_figures
 from .ledger import TaskRecord, read_records
 from .prices import PriceError, PriceTable, load_prices, shipped_section
 
@@ -106,6 +118,13 @@ class CostReport:
     s3_puts: int
     s3_usd: float
     notes: tuple[str, ...] = ()
+    # Projections and estimates only (empty for a finished run's cost):
+    s3_get_bytes: int = 0
+    stages: tuple[dict, ...] = ()  # StageCost of the granule stage and the cell stage, as dicts
+    assumptions: tuple[tuple[str, str], ...] = ()  # (name, value and source), printed with the report
+    reference: tuple[dict, ...] = ()  # the field's published runs (ReferenceRow), for comparison only
+    lambda_cold_starts: int = 0
+    lambda_wall_seconds: float | None = None
 
     @property
     def total_usd(self) -> float | None:
@@ -123,6 +142,9 @@ class CostReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["notes"] = list(self.notes)
+        out["stages"] = [dict(s) for s in self.stages]
+        out["assumptions"] = [list(a) for a in self.assumptions]
+        out["reference"] = [dict(r) for r in self.reference]
         out["total_usd"] = self.total_usd
         return out
 
@@ -156,11 +178,31 @@ class CostReport:
              _usd(self.total_usd) if self.total_usd is not None
              else "no cloud bill (local executor)" if self.executor else "- (no executor chosen)"),
         ]
+        if self.stages:
+            rows.insert(3, ("wall clock on Lambda", _secs(self.lambda_wall_seconds or 0.0)
+                            + f" (incl. one INIT; {self.lambda_cold_starts:,} cold starts billed)"))
+            rows[-2] = ("S3 requests", f"{self.s3_gets:,} GET-class + {self.s3_puts:,} PUT-class = {_usd(self.s3_usd)} "
+                        f"({self.s3_get_bytes / 1e9:,.1f} GB fetched, free in-region)")
         width = max(len(k) for k, _ in rows)
         lines = [f"### {title}", "", f"| {'item':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
         lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
+        if self.stages:
+            lines += ["", "| stage | tasks | CPU-s | S3 wait s | transfer s | task-s (full vCPU) | slowest on Lambda | "
+                      "GET-class | PUT-class | GB fetched | workers | wall |",
+                      "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+            for st in self.stages:
+                lines.append(
+                    f"| {st['stage']} | {st['tasks']:,} | {st['cpu_seconds']:,.0f} | {st['wait_seconds']:,.0f} | "
+                    f"{st['transfer_seconds']:,.0f} | {st['seconds']:,.0f} | {_secs(st['max_task_seconds'])} | "
+                    f"{st['gets']:,.0f} | {st['puts']:,.0f} | {st['get_bytes'] / 1e9:,.2f} | {st['workers']:,} | "
+                    f"{_secs(st['wall_seconds'])} |")
+        if self.assumptions:
+            lines += ["", "Assumptions:"] + [f"- {name}: {value}" for name, value in self.assumptions]
         if self.notes:
             lines += [""] + [f"- {n}" for n in self.notes]
+        if self.reference:
+            lines += ["", "Reference (the field's published runs, for comparison; not part of this projection):"]
+            lines += [f"- {ReferenceRow(**r).line()}" for r in self.reference]
         return "\n".join(lines)
 
 
@@ -363,79 +405,364 @@ def store_cost(store_url: str, prices: PriceTable | None = None, *, storage_opti
 
 
 # ----------------------------------------------------------------------------------------------------
-# Before a run
+# Before a run: the one-pass design priced from its own measured counts
 
 
-def _task_sizes(plan_tasks: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(expected rows, granules) of each task from a Plan, Task objects or (rows, n_granules) pairs."""
-    items = getattr(plan_tasks, "tasks", plan_tasks)
-    rows, granules = [], []
-    for item in items:
-        if hasattr(item, "expected_rows"):
-            rows.append(float(item.expected_rows))
-            # A plan's task reads, in the granule stage, the granules it reports (each granule once).
-            g = item.reports if hasattr(item, "reports") else item.granules
-            granules.append(float(len(g) if not isinstance(g, (int, float)) else g))
-        else:
-            r, g = item
-            rows.append(float(r))
-            granules.append(float(g))
-    return np.asarray(rows, dtype=np.float64), np.asarray(granules, dtype=np.float64)
+def puts_per_task(plan: Any) -> int:
+    """Objects one cell task writes, by the plan's schema: each variable's chunks at each order the task
+    computes, and its ledger record (the count `run_cost` is given after a run)."""
+    schema = plan.schema
+    bins = plan.time.n - plan.stored_bins
+    time_chunks = -(-bins // (plan.time_chunk or plan.time.n))
+    return len(plan.task_orders) * (len(schema.per_bin) * time_chunks + len(schema.per_cell)) + 1
+
+
+def _one_cycle_puts_per_task() -> int:
+    """`puts_per_task` of a one-cycle plan (one time bin, no fit, the child order only)."""
+    from .schema import OutputSchema
+
+    schema = OutputSchema(1, False)
+    return len(schema.per_bin) + len(schema.per_cell) + 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a projection prices, task by task.
+
+    Granule stage: per task, the granules it partitions and the rows it reads (all of each granule's rows).
+    Cell stage: per task, its observations, the (granule, task) segments it reads, the partition records it
+    reports, and its expected rows and listed granules (used only when a calibration replaces the measured
+    CPU-seconds). `puts_per_task`: a cell task's chunk and record PUTs by the plan's schema."""
+
+    granule_granules: np.ndarray
+    granule_rows: np.ndarray
+    cell_observations: np.ndarray
+    cell_segments: np.ndarray
+    cell_reported: np.ndarray
+    cell_rows: np.ndarray
+    cell_listed: np.ndarray
+    puts_per_task: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One stage of a projection: its tasks' CPU-seconds, waits and requests, and its wall clock."""
+
+    stage: str
+    tasks: int
+    cpu_seconds: float  # on one core of the measuring machine
+    wait_seconds: float  # S3 request latency: requests x latency / the stage's request concurrency
+    transfer_seconds: float  # bytes / per-worker throughput
+    seconds: float  # on a full vCPU: cpu / vcpu_speed + waits + transfer
+    lambda_seconds: float  # on a Lambda of the report's memory: the CPU part x cpu_scale
+    max_task_seconds: float  # on Lambda
+    gets: float
+    puts: float
+    get_bytes: float
+    workers: int
+    wall_seconds: float  # max(slowest task, lambda_seconds / workers)
+
+
+@dataclass(frozen=True)
+class ReferenceRow:
+    """A published run of the field, recomputed with the price table: for comparison, never projected."""
+
+    label: str
+    observations: float
+    lambda_seconds: float
+    lambda_memory_mb: int
+    architecture: str
+    lambda_gb_seconds: float
+    usd_price_table: float  # lambda_gb_seconds x the table's price (requests not included)
+    usd_published: float | None
+    usd_per_billion_observations: float
+    usd_per_billion_published: tuple[float, float] | None
+    wall_seconds: float | None
+    max_concurrency: int | None
+    source: str
+
+    def line(self) -> str:
+        parts = [f"{self.observations:,.3g} observations", f"{self.lambda_seconds:,.0f} Lambda-s at "
+                 f"{self.lambda_memory_mb} MB {self.architecture} = {self.lambda_gb_seconds:,.0f} GB-s",
+                 f"{_usd(self.usd_price_table)} at the table's price"
+                 + (f" (published {_usd(self.usd_published)})" if self.usd_published is not None else ""),
+                 f"{_usd(self.usd_per_billion_observations)} per 10^9 obs"
+                 + (f" (published ${self.usd_per_billion_published[0]:g}-{self.usd_per_billion_published[1]:g})"
+                    if self.usd_per_billion_published else "")]
+        if self.wall_seconds is not None:
+            parts.append(f"wall {_secs(self.wall_seconds)}"
+                         + (f" with up to {self.max_concurrency:,} workers" if self.max_concurrency else ""))
+        return f"{self.label}: " + "; ".join(parts)
+
+
+def published_reference(prices: PriceTable | None = None) -> tuple[ReferenceRow, ...]:
+    """The field's published runs (prices.yaml, section `published`), each recomputed with the price table.
+    They are reference rows beside a projection; no projection reads them."""
+    prices = prices or load_prices()
+    out = []
+    for item in shipped_section("published") or ():
+        memory = int(item["lambda_memory_mb"])
+        architecture = str(item.get("architecture", "arm64"))
+        gb_s = float(item["lambda_seconds"]) * memory / 1024.0
+        usd = gb_s * prices.lambda_gb_second(architecture)
+        obs = float(item["observations"])
+        band = item.get("usd_per_billion_observations")
+        out.append(ReferenceRow(
+            label=str(item["label"]), observations=obs, lambda_seconds=float(item["lambda_seconds"]),
+            lambda_memory_mb=memory, architecture=architecture, lambda_gb_seconds=gb_s, usd_price_table=usd,
+            usd_published=float(item["usd"]) if item.get("usd") is not None else None,
+            usd_per_billion_observations=usd / obs * 1e9,
+            usd_per_billion_published=(float(band[0]), float(band[1])) if band else None,
+            wall_seconds=float(item["wall_seconds"]) if item.get("wall_seconds") is not None else None,
+            max_concurrency=int(item["max_concurrency"]) if item.get("max_concurrency") else None,
+            source=" ".join(str(item.get("source", "")).split()),
+        ))
+    return tuple(out)
+
+
+def _ceil_ms_array(seconds: np.ndarray) -> np.ndarray:
+    return np.ceil(np.round(seconds * 1000.0, 6))
+
+
+def _stage(name: str, cpu: np.ndarray, gets: np.ndarray, puts: np.ndarray, get_bytes: np.ndarray,
+           concurrency: float, prices: PriceTable, cpu_scale: float, workers: int
+           ) -> tuple[StageCost, np.ndarray, np.ndarray]:
+    """A stage's cost, and its tasks' seconds on a full vCPU and on the report's Lambda."""
+    latency, speed = prices.s3_request_latency_seconds, prices.vcpu_speed
+    wait = (gets + puts) * latency / concurrency
+    transfer = get_bytes / (prices.s3_worker_mb_per_second * 1e6)
+    full = cpu / speed + wait + transfer
+    on_lambda = cpu * cpu_scale / speed + wait + transfer
+    total_lambda = math.fsum(on_lambda.tolist())
+    slowest = float(on_lambda.max()) if on_lambda.size else 0.0
+    wall = max(slowest, total_lambda / workers) if on_lambda.size else 0.0
+    return StageCost(
+        stage=name, tasks=int(cpu.size), cpu_seconds=math.fsum(cpu.tolist()), wait_seconds=math.fsum(wait.tolist()),
+        transfer_seconds=math.fsum(transfer.tolist()), seconds=math.fsum(full.tolist()), lambda_seconds=total_lambda,
+        max_task_seconds=slowest, gets=math.fsum(gets.tolist()), puts=math.fsum(puts.tolist()),
+        get_bytes=math.fsum(get_bytes.tolist()), workers=workers, wall_seconds=wall,
+    ), full, on_lambda
+
+
+def _project(
+    work: Workload, figures: OnePassFigures, prices: PriceTable, *, kind: str, executor: str | None,
+    calibration: Calibration | None, lambda_memory_mb: int, architecture: str, instance: str,
+    n_instances: int | None, concurrency: int | None, spot: bool, peak_memory_bytes: int, notes: list[str],
+    scale_note: str,
+) -> CostReport:
+    """The bill of a workload of the one-pass design (see `project_full_cycle` for the model)."""
+    if not prices.lambda_memory_mb_min <= lambda_memory_mb <= prices.lambda_memory_mb_max:
+        raise PriceError(f"lambda_memory_mb must lie in [{prices.lambda_memory_mb_min:.0f}, "
+                         f"{prices.lambda_memory_mb_max:.0f}], got {lambda_memory_mb}")
+    if concurrency is not None and concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if n_instances is not None and n_instances < 1:
+        raise ValueError(f"n_instances must be >= 1, got {n_instances}")
+    gb_second = prices.lambda_gb_second(architecture)
+    inst = prices.instance(instance)
+    cpu_scale = max(1.0, prices.lambda_mb_per_vcpu / lambda_memory_mb)
+    g, c, k = figures.granule, figures.cell, figures.client
+    n_g_tasks, n_c_tasks = int(work.granule_rows.size), int(work.cell_observations.size)
+
+    # Granule stage: per task of n granules and R rows, each figure is n x (per granule) + R x (per row).
+    n, rows = work.granule_granules.astype(np.float64), work.granule_rows.astype(np.float64)
+    g_cpu = n * g.cpu_seconds_per_granule + rows * g.cpu_seconds_per_row
+    g_gets = (n * (g.gets_per_granule + g.heads_per_granule + g.other_get_class_per_granule)
+              + rows * g.gets_per_row)
+    g_puts = n * g.put_class_per_granule
+    g_bytes = n * g.get_bytes_per_granule + rows * g.get_bytes_per_row
+    # Cell stage.
+    obs, seg = work.cell_observations.astype(np.float64), work.cell_segments.astype(np.float64)
+    if calibration is not None:  # its task seconds already hold the granule stage it was fitted with
+        c_cpu = np.maximum(calibration.predict(work.cell_rows, work.cell_listed), 0.0)
+        g_cpu = np.zeros_like(g_cpu)
+        notes.append(f"CPU-seconds from calibration '{calibration.name}' ({calibration.seconds_per_row:.3g} s/row, "
+                     f"{calibration.seconds_per_granule:.3g} s/granule, {calibration.seconds_per_task:.3g} s/task, "
+                     "granule stage included, charged to the cell tasks) instead of the measured ones")
+    else:
+        c_cpu = c.cpu_seconds(obs, seg)
+    c_gets = (seg * c.segment_gets_per_segment + work.cell_reported * c.record_get_class_per_granule
+              + c.other_get_class_per_task)
+    c_puts = np.full(n_c_tasks, float(work.puts_per_task) + c.other_put_class_per_task)
+    c_bytes = obs * c.segment_bytes_per_observation
+
+    limit = int(prices.lambda_concurrency) if concurrency is None else int(concurrency)
+    workers_of = (lambda tasks: max(1, min(limit, tasks)))
+    g_stage, g_full, g_lambda = _stage("granule stage", g_cpu, g_gets, g_puts, g_bytes, g.request_concurrency,
+                                       prices, cpu_scale, workers_of(n_g_tasks))
+    c_stage, c_full, c_lambda = _stage("cell stage", c_cpu, c_gets, c_puts, c_bytes, c.request_concurrency,
+                                       prices, cpu_scale, workers_of(n_c_tasks))
+    seconds_lambda = np.concatenate([g_lambda, c_lambda])
+    seconds_full = np.concatenate([g_full, c_full])
+
+    # Lambda: every task one invocation billed ceil-to-1-ms; one INIT per concurrent function (cold start).
+    invocations = n_g_tasks + n_c_tasks
+    init = figures.cold_start_cpu_seconds * cpu_scale / prices.vcpu_speed
+    cold = min(invocations, max(g_stage.workers, c_stage.workers)) if invocations else 0
+    billed_ms = float(_ceil_ms_array(seconds_lambda).sum()) + cold * float(_ceil_ms_array(np.array([init]))[0])
+    gb_seconds = billed_ms / 1000.0 * (lambda_memory_mb / 1024.0)
+    lambda_duration = gb_seconds * gb_second
+    lambda_requests = invocations * prices.lambda_requests_per_million / 1e6
+    wall_lambda = (init if invocations else 0.0) + g_stage.wall_seconds + c_stage.wall_seconds
+    timeouts = int((seconds_lambda > prices.lambda_timeout_seconds).sum())
+    if timeouts:
+        notes.append(f"{timeouts} task(s) would exceed the Lambda timeout of {prices.lambda_timeout_seconds:.0f} s: "
+                     "split them before running on Lambda")
+    if peak_memory_bytes > lambda_memory_mb * 2**20:
+        notes.append(f"projected task memory {peak_memory_bytes / 2**20:,.0f} MiB is above the Lambda memory "
+                     f"{lambda_memory_mb} MB")
+
+    # EC2 / Coiled: the same tasks on full vCPUs, waits included (a worker waiting on S3 holds its vCPU).
+    total_full = math.fsum(seconds_full.tolist())
+    wall = wall_lambda
+    if n_instances is not None:
+        slots = n_instances * inst.vcpus
+        wall = sum(max(float(s.max()) if s.size else 0.0, math.fsum(s.tolist()) / slots) for s in (g_full, c_full))
+        hours = wall * n_instances / 3600.0
+        basis = f"{n_instances} x wall"
+    else:
+        hours = total_full / inst.vcpus / 3600.0
+        basis = f"task-seconds / {inst.vcpus} vCPU"
+    ec2 = hours * inst.hourly * (prices.spot_factor if spot else 1.0)
+    fee = hours * inst.vcpus * prices.coiled_fee_per_cpu_hour
+
+    # S3 requests: both stages and the client (its fixed requests once, its ledger read-back per task).
+    gets = g_stage.gets + c_stage.gets + k.get_class_per_run + k.get_class_per_task * n_c_tasks
+    puts = g_stage.puts + c_stage.puts + k.put_class_per_run + k.put_class_per_task * n_c_tasks
+    s3 = gets * prices.s3_get_per_1000 / 1000.0 + puts * prices.s3_put_per_1000 / 1000.0
+
+    stages = (g_stage, c_stage)
+    assumptions = _assumptions(figures, prices, lambda_memory_mb, architecture, cpu_scale, limit, concurrency,
+                               init, cold, scale_note)
+    observations = int(round(float(obs.sum())))
+    return CostReport(
+        kind=kind, executor=executor, n_tasks=invocations, invocations=invocations, wall_seconds=wall,
+        task_seconds=total_full, max_task_seconds=float(seconds_full.max()) if seconds_full.size else 0.0,
+        observations=observations, rows=int(round(float(rows.sum()))),
+        granules_read=int(round(float(n.sum()))),
+        observations_per_core_second=observations / total_full if total_full > 0 else 0.0,
+        peak_memory_bytes=int(peak_memory_bytes), architecture=architecture, lambda_memory_mb=int(lambda_memory_mb),
+        lambda_cpu_scale=cpu_scale, lambda_gb_seconds=gb_seconds, lambda_duration_usd=lambda_duration,
+        lambda_request_usd=lambda_requests, lambda_usd=lambda_duration + lambda_requests,
+        instance=instance, spot=spot, instance_hours=hours, instance_hours_basis=basis, ec2_usd=ec2,
+        coiled_fee_usd=fee, coiled_usd=ec2 + fee, s3_gets=int(round(gets)), s3_puts=int(round(puts)), s3_usd=s3,
+        notes=tuple(notes), s3_get_bytes=int(round(g_stage.get_bytes + c_stage.get_bytes)),
+        stages=tuple(asdict(st) for st in stages), assumptions=assumptions,
+        reference=tuple(asdict(r) for r in published_reference(prices)),
+        lambda_cold_starts=cold, lambda_wall_seconds=wall_lambda,
+    )
+
+
+def _assumptions(figures: OnePassFigures, prices: PriceTable, memory_mb: int, architecture: str, cpu_scale: float,
+                 limit: int, concurrency: int | None, init: float, cold: int, scale_note: str
+                 ) -> tuple[tuple[str, str], ...]:
+    """(name, value and where it comes from) of everything a projection assumes, in print order."""
+    g, c = figures.granule, figures.cell
+    return (
+        ("S3 request latency", f"{prices.s3_request_latency_seconds * 1000:g} ms per request (GET, HEAD, PUT, LIST) "
+                               "in the same region; assumed, not measured (the local S3 server of the measurements "
+                               "answers in a few ms)"),
+        ("request concurrency", f"granule stage {g.request_concurrency:.2f}, cell stage {c.request_concurrency:.2f} "
+                                f"requests in flight per worker (measured with {figures.latency_ms:g} ms injected)"),
+        ("S3 throughput", f"{prices.s3_worker_mb_per_second:g} MB/s per worker (assumed)"),
+        ("Lambda", f"{memory_mb} MB {architecture}: {1 / cpu_scale:.2f} vCPU, CPU-seconds x {cpu_scale:.2f} "
+                   f"(a full vCPU at {prices.lambda_mb_per_vcpu:.0f} MB; a task uses one core)"),
+        ("concurrency", f"at most {limit:,} functions at once"
+                        + (" (given)" if concurrency is not None else
+                           " (Lambda's default quota per region)") + "; each stage waits for the one before"),
+        ("vCPU speed", f"{prices.vcpu_speed:g} x one core of the machine that measured the CPU-seconds "
+                       f"({figures.machine.split(',')[0] or '?'}); assumed"),
+        ("cold starts", f"{cold:,} INITs (one per concurrent function) of {init:.2f} s (measured import CPU "
+                        f"{figures.cold_start_cpu_seconds:.2f} s x {cpu_scale:.2f})"),
+        ("granule stage", f"{prices.granules_per_lambda_task:g} granule(s) per task on Lambda"
+                          if scale_note.startswith("full cycle") else "the plan's granule-stage tasks"),
+        ("measured figures", f"reader {figures.reader}, {figures.date or '?'}, commit {figures.commit[:7] or '?'} "
+                             "(polaragg/data/onepass_measured.json; benchmarks/results/cost.md)"),
+        ("scale", scale_note),
+    )
+
+
+def _granule_rows_of(plan: Any, catalog: Any | None) -> tuple[np.ndarray, str]:
+    """Rows each planned granule holds: the catalog's expected rows (whole granules: the granule stage
+    reads every row), else the plan's expected rows spread evenly over its granules (rows outside the
+    AOI missed)."""
+    granules = list(getattr(plan, "granules", ()))
+    if catalog is not None:
+        table = catalog.granules
+        known = dict(zip(table.granule_id.astype(str), table.expected_rows.fillna(0).astype(float)))
+        return np.array([known.get(str(ref.granule_id), 0.0) for ref in granules], dtype=np.float64), \
+            "granule rows from the catalog (whole granules)"
+    tasks = list(getattr(plan, "tasks", ()))
+    total = math.fsum(float(t.expected_rows) for t in tasks)
+    each = total / len(granules) if granules else 0.0
+    return np.full(len(granules), each), ("granule rows: the plan's expected rows spread over its granules "
+                                          "(no catalog given: rows outside the AOI not counted)")
 
 
 def estimate(
-    plan_tasks: Any,
-    calibration: Calibration | None = None,
+    plan: Any,
+    figures: OnePassFigures | None = None,
     prices: PriceTable | None = None,
     *,
+    calibration: Calibration | None = None,
+    catalog: Any | None = None,
     executor: str | None = None,
+    reader: str | None = None,
+    observations_per_row: float | None = None,
     lambda_memory_mb: int = 2048,
     architecture: str = "arm64",
     instance: str = "c7g.4xlarge",
     n_instances: int | None = None,
     concurrency: int | None = None,
     spot: bool = False,
-    gets_per_granule: float | None = None,
-    puts_per_task: int | None = None,
-    lambda_init_seconds: float = 0.0,
+    puts: int | None = None,
     kind: str = "estimate",
 ) -> CostReport:
-    """Projected task-seconds and bills of a plan before running it.
+    """Projected bill of a plan before running it, from the measured figures of the one-pass design.
 
-    `plan_tasks` is a `Plan`, its `Task`s, or (expected_rows, n_granules) pairs. Each task's seconds come from
-    `calibration` (default: the shipped one). The wall clock is reported as the lower bound
-    max(slowest task, task-seconds / workers), workers = `concurrency` (e.g. Lambda fan-out) or
-    `n_instances` x vCPUs; with `n_instances` the instance-hours are that wall x n_instances.
+    `plan`: a `Plan` (or anything with its `tasks` and `granules`). Its granule stage is its granules in
+    blocks of `plan.granules_per_task`, each granule's rows from `catalog` (else the plan's expected rows
+    spread evenly); its cell tasks are its tasks: observations = expected rows x `observations_per_row`
+    (default: the shipped calibration's, as `polaragg plan` prints them), segments = listed granules x the
+    measured share of (cell, granule) pairs with rows, partition records = the granules it reports. A cell
+    task's PUTs come from the plan's schema (`puts_per_task(plan)`) unless `puts` is given. `figures`
+    default to the plan reader's (`measured_figures`). A `calibration` replaces the measured CPU-seconds.
+    See `project_full_cycle` for the model.
     """
-    calibration = calibration or default_calibration()
     prices = prices or load_prices()
-    rows, granules = _task_sizes(plan_tasks)
-    seconds = np.maximum(calibration.predict(rows, granules), 0.0) if rows.size else np.empty(0)
-    records = [
-        TaskRecord(parent=i, child_lo=0, child_hi=0, status="planned",
-                   observations=int(round(r * calibration.observations_per_row)), rows_in_cell=int(round(r)),
-                   granules=int(g), granules_read=int(g), seconds=float(s), executor=executor or "")
-        for i, (r, g, s) in enumerate(zip(rows, granules, seconds))
-    ]
-    total = math.fsum(seconds.tolist())
-    slowest = float(seconds.max()) if seconds.size else 0.0
-    wall = max(slowest, total / concurrency) if concurrency else None
-    instance_wall = None
-    if n_instances is not None:
-        instance_wall = max(slowest, total / (n_instances * prices.instance(instance).vcpus))
-        if wall is None:
-            wall = instance_wall
-    notes = [f"task seconds from calibration '{calibration.name}'"
-             f" ({calibration.seconds_per_row:.3g} s/row, {calibration.seconds_per_granule:.3g} s/granule, "
-             f"{calibration.seconds_per_task:.3g} s/task)"]
-    if wall is not None:
-        notes.append("wall clock is a lower bound: max(slowest task, task-seconds / workers)")
-    return _price(
-        records, prices, kind=kind, executor=executor, lambda_memory_mb=lambda_memory_mb,
-        architecture=architecture, instance=instance, n_instances=n_instances, wall_seconds=wall,
-        instance_wall_seconds=instance_wall, spot=spot, gets_per_granule=gets_per_granule,
-        puts_per_task=puts_per_task, lambda_init_seconds=lambda_init_seconds, notes=notes,
+    reader = reader or str(getattr(plan, "reader", "h5coro"))
+    figures = figures or measured_figures(reader)
+    per_row = default_calibration().observations_per_row if observations_per_row is None else observations_per_row
+    tasks = list(getattr(plan, "tasks", ()))
+    g_rows, rows_note = _granule_rows_of(plan, catalog)
+    k = max(1, int(getattr(plan, "granules_per_task", 1) or 1))
+    blocks = [(min(k, len(g_rows) - i), float(g_rows[i:i + k].sum())) for i in range(0, len(g_rows), k)]
+    expected = np.array([float(t.expected_rows) for t in tasks], dtype=np.float64)
+    listed = np.array([float(len(t.granules)) for t in tasks], dtype=np.float64)
+    reported = np.array([float(len(getattr(t, "reports", ()) or ())) for t in tasks], dtype=np.float64)
+    if puts is not None:
+        puts_note = "given"
+    elif hasattr(plan, "schema"):
+        puts, puts_note = puts_per_task(plan), "from its schema"
+    else:
+        puts = int(round(figures.cell.chunk_puts_per_task + figures.cell.task_record_puts_per_task))
+        puts_note = "as measured (the plan has no schema)"
+    work = Workload(
+        granule_granules=np.array([b[0] for b in blocks], dtype=np.float64),
+        granule_rows=np.array([b[1] for b in blocks], dtype=np.float64),
+        cell_observations=expected * per_row, cell_segments=listed * figures.cell.segments_per_planned_pair,
+        cell_reported=reported, cell_rows=expected, cell_listed=listed, puts_per_task=int(puts),
     )
+    peak = max([int(getattr(t, "projected_bytes", 0) or 0) for t in tasks]
+               + [int(b) for b in getattr(plan, "granule_projected_bytes", ())], default=0)
+    scale = (f"this plan: {len(g_rows):,} granules in {len(blocks):,} granule-stage task(s) of up to {k}, "
+             f"{len(tasks):,} cell tasks ({expected.sum():,.0f} expected rows x {per_row:.3f} observations "
+             f"per row), {puts} PUTs per cell task ({puts_note}); {rows_note}")
+    return _project(work, figures, prices, kind=kind, executor=executor, calibration=calibration,
+                    lambda_memory_mb=lambda_memory_mb, architecture=architecture, instance=instance,
+                    n_instances=n_instances, concurrency=concurrency, spot=spot, peak_memory_bytes=peak,
+                    notes=[], scale_note=scale)
 
 
 @dataclass(frozen=True)
@@ -449,6 +776,7 @@ class CycleScale:
     densest_cell_observations: float
     pairs_per_granule: float
     densest_cell_granules: int
+    largest_granule_rows: float = 0.0
     source: str = ""
 
     @classmethod
@@ -461,7 +789,7 @@ class CycleScale:
         return cls(**merged)
 
     def tasks(self) -> list[tuple[float, float]]:
-        """(rows, granules) per task: the densest cell, and the rest of the cycle spread evenly."""
+        """(rows, granules) per cell task: the densest cell, and the rest of the cycle spread evenly."""
         per_row = self.observations / self.rows
         n = int(self.parent_cells_with_data)
         dense_rows = self.densest_cell_observations / per_row
@@ -470,11 +798,25 @@ class CycleScale:
         rest_granules = (pairs - self.densest_cell_granules) / (n - 1)
         return [(dense_rows, float(self.densest_cell_granules))] + [(rest_rows, rest_granules)] * (n - 1)
 
+    def granule_tasks(self, per_task: int = 1) -> list[tuple[float, float]]:
+        """(granules, rows read) per granule-stage task of `per_task` granules: the largest granule (if
+        known) in the first task, the rest of the rows spread evenly over the other granules."""
+        n = int(self.granules)
+        largest = min(float(self.largest_granule_rows), float(self.rows)) or self.rows / n
+        rest = (self.rows - largest) / (n - 1) if n > 1 else 0.0
+        out = []
+        for first in range(0, n, per_task):
+            count = min(per_task, n - first)
+            out.append((float(count), (largest + rest * (count - 1)) if first == 0 else rest * count))
+        return out
+
 
 def project_full_cycle(
     calibration: Calibration | None = None,
     prices: PriceTable | None = None,
     *,
+    figures: OnePassFigures | None = None,
+    reader: str = "h5coro",
     scale: CycleScale | None = None,
     lambda_memory_mb: int = 2048,
     architecture: str = "arm64",
@@ -482,21 +824,55 @@ def project_full_cycle(
     n_instances: int | None = None,
     concurrency: int | None = None,
     spot: bool = False,
+    puts: int | None = None,
 ) -> CostReport:
-    """Projected Lambda and Coiled bill of one full ATL06 cycle over Antarctica (~1.37e9 observations).
+    """Projected Lambda, EC2/Coiled and S3 bill of one full ATL06 cycle over Antarctica with the one-pass
+    design, from its own measured counts (`measured_figures(reader)`; benchmarks/results/cost.md).
 
-    One task per parent cell with data (~1,330), the densest cell (~3e6 observations, ~381 granules) as its
-    own task, the rest spread evenly (task seconds are linear, so only the slowest one depends on the spread).
-    The wall clock is for a Lambda fan-out of one worker per task unless `concurrency` / `n_instances` say
-    otherwise; the Coiled figure packs task-seconds onto the instance vCPUs unless `n_instances` is given.
+    Workload (`CycleScale`, prices.yaml `antarctic_cycle`): ~4,100 granules, 1.52e9 rows read, in granule-stage
+    tasks of `granules_per_lambda_task` granules (the largest granule, 720,000 rows, in the first); one cell
+    task per parent cell with data (~1,330), the densest (3e6 observations, 381 granules) on its own, the rest
+    spread evenly; segments = listed granules x the measured share of pairs with rows; each granule's
+    partition record reported once; a cell task's PUTs from a one-cycle plan's schema unless `puts` is given.
+
+    Per task, from the measured figures: CPU-seconds (granule: a + b x rows; cell: a + b x observations +
+    c x segments), GET-class and PUT-class requests and GET bytes. Its seconds on a full vCPU are
+    CPU / vcpu_speed + (GETs + PUTs) x s3_request_latency_seconds / the stage's measured request concurrency
+    + bytes / s3_worker_mb_per_second; on a Lambda below 1,769 MB the CPU part is scaled by 1769 / MB.
+    Lambda: one invocation per task, each billed ceil-to-1-ms x GB, plus one INIT (the measured cold-start
+    CPU, scaled) per concurrent function; requests at the per-million price. Wall: the INIT plus, per stage,
+    max(slowest task, stage seconds / workers), workers = min(concurrency or lambda_concurrency, tasks).
+    EC2/Coiled: the full-vCPU task-seconds packed on the instance's vCPUs (or `n_instances` x that wall).
+    S3: both stages' requests and the client's (fixed per run, plus its ledger read-back per task).
+
+    A `calibration` replaces the measured CPU-seconds by its task seconds (cell tasks, granule stage
+    included). The field's published runs are in the report's `reference` rows, never in the projection.
     """
-    calibration = calibration or default_calibration()
+    if calibration is not None and not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration must be a Calibration, got {type(calibration).__name__} (prices= is a keyword)")
+    prices = prices or load_prices()
+    figures = figures or measured_figures(reader)
     scale = scale or CycleScale.shipped()
-    calibration = replace(calibration, observations_per_row=scale.observations / scale.rows)
-    tasks = scale.tasks()
-    if concurrency is None and n_instances is None:
-        concurrency = len(tasks)
-    return estimate(
-        tasks, calibration, prices, lambda_memory_mb=lambda_memory_mb, architecture=architecture,
-        instance=instance, n_instances=n_instances, concurrency=concurrency, spot=spot, kind="projection",
+    per_row = scale.observations / scale.rows
+    cells = scale.tasks()
+    granule_tasks = scale.granule_tasks(int(prices.granules_per_lambda_task))
+    rows = np.array([r for r, _ in cells], dtype=np.float64)
+    listed = np.array([g for _, g in cells], dtype=np.float64)
+    puts = _one_cycle_puts_per_task() if puts is None else int(puts)
+    work = Workload(
+        granule_granules=np.array([n for n, _ in granule_tasks], dtype=np.float64),
+        granule_rows=np.array([r for _, r in granule_tasks], dtype=np.float64),
+        cell_observations=rows * per_row, cell_segments=listed * figures.cell.segments_per_planned_pair,
+        cell_reported=np.full(rows.size, scale.granules / rows.size), cell_rows=rows, cell_listed=listed,
+        puts_per_task=puts,
     )
+    note = (f"full cycle: {scale.granules:,} granules ({scale.rows:,.3g} rows, largest "
+            f"{scale.largest_granule_rows:,.0f}), {scale.parent_cells_with_data:,} cell tasks ({scale.observations:,.3g} "
+            f"observations; densest {scale.densest_cell_observations:,.3g} obs / {scale.densest_cell_granules} "
+            f"granules), {scale.pairs_per_granule:g} (cell, granule) pairs per granule x "
+            f"{figures.cell.segments_per_planned_pair:.2f} with rows, {puts} PUTs per cell task (one-cycle schema); "
+            "prices.yaml antarctic_cycle")
+    return _project(work, figures, prices, kind="projection", executor=None, calibration=calibration,
+                    lambda_memory_mb=lambda_memory_mb, architecture=architecture, instance=instance,
+                    n_instances=n_instances, concurrency=concurrency, spot=spot, peak_memory_bytes=0, notes=[],
+                    scale_note=note)

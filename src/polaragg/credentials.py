@@ -226,6 +226,11 @@ class CredentialSource:
     def reader_credentials(self) -> dict[str, str]:
         return reader_credentials(self.get())
 
+    def last(self) -> dict[str, Any] | None:
+        """The current credentials as they are, expired or not, without fetching."""
+        with self._lock:
+            return None if self._current is None else SecretDict(self._current)
+
     def offer(self, credentials: Mapping[str, Any], expires_at: float | None) -> bool:
         """Take `credentials` (valid until `expires_at`, None: they do not expire) if they outlast the
         current ones; returns whether they were taken."""
@@ -407,22 +412,42 @@ class TaskCredentials:
         return dict(current), expiry
 
     def __reduce__(self):
-        current, expiry = self.snapshot()
+        try:
+            current, expiry = self.snapshot()
+        except CredentialError:  # a process that cannot renew them (a Dask scheduler) passes on what it has
+            current = self._source.last()
+            if current is None:
+                raise
+            expiry = credentials_expiry(current)
         return (_restore, (self.ident, self.name, current, expiry, self._worker_fetch, self._source.margin_s))
 
     def __repr__(self) -> str:
         return f"TaskCredentials({self.name!r}, ***)"
 
 
+# Libraries that log request headers (session tokens, signatures) at DEBUG: capped at INFO in every
+# process that holds credentials, whatever the host's logging says (Lithops' local runner logs at DEBUG).
+CHATTY_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs")
+
+
+def quiet_credential_loggers() -> None:
+    for name in CHATTY_LOGGERS:
+        log = logging.getLogger(name)
+        if log.getEffectiveLevel() < logging.INFO:
+            log.setLevel(logging.INFO)
+
+
 def _restore(ident: str, name: SetName, current: dict, expiry: float | None,
              worker_fetch: Callable[[], Mapping] | None, margin_s: float) -> TaskCredentials:
     """The process's credentials of set `ident`, holding the newest snapshot seen (this one or an earlier)."""
+    quiet_credential_loggers()
     with _LIVE_LOCK:
         live = _LIVE.get(ident)
     if live is None:
+        # Without a fetcher this process waits for newer snapshots (later tasks, pushes) until expiry.
         fetch = worker_fetch if worker_fetch is not None else _CannotRenew(name)
-        live = TaskCredentials(name, CredentialSource(fetch, margin_s=margin_s), worker_fetch=worker_fetch,
-                               ident=ident)
+        source = CredentialSource(fetch, margin_s=margin_s if worker_fetch is not None else 0.0)
+        live = TaskCredentials(name, source, worker_fetch=worker_fetch, ident=ident)
         with _LIVE_LOCK:
             live = _LIVE.setdefault(ident, live)
     live._source.offer(current, expiry)
@@ -460,6 +485,7 @@ def open_credentials(config: "CredentialsConfig", name: SetName) -> TaskCredenti
                                   f"${config.token_env} (create one at https://urs.earthdata.nasa.gov)")
         fetch = EarthdataFetcher(config.endpoint_url, token, config.token_env)
         worker_fetch = fetch if config.workers_refresh else None
+    quiet_credential_loggers()
     credentials = TaskCredentials(name, CredentialSource(fetch, margin_s=config.refresh_margin_s),
                                   worker_fetch=worker_fetch)
     credentials.current()
@@ -481,7 +507,9 @@ class S3Options(dict):
         self._sync()
 
     def _sync(self) -> None:
-        if self.credentials is None:
+        if self.credentials is None:  # explicitly none: the process's defaults (`process_defaults`) do not apply
+            for k in self._SECRET_KEYS:
+                dict.__setitem__(self, k, None)
             return
         fresh = self.credentials.s3fs()
         for k in self._SECRET_KEYS:
@@ -585,3 +613,36 @@ def run_credentials(sections: Any, needs_granules: bool, needs_store: bool) -> R
     granules = open_credentials(sections.granules, "granules") if needs_granules else None
     store = open_credentials(sections.store, "store") if needs_store else None
     return RunCredentials(granules, store, anonymous)
+
+
+class _ProcessDefaults(S3Options):
+    """S3Options that, wherever they are unpickled, become the process's fsspec defaults for s3://."""
+
+    def __reduce__(self):
+        return (_install_defaults, (self.static(), self.credentials))
+
+
+def _install_defaults(static: dict, credentials: TaskCredentials | None) -> S3Options:
+    import fsspec.config
+
+    options = _ProcessDefaults(static, credentials)
+    for protocol in ("s3", "s3a"):
+        fsspec.config.conf[protocol] = options
+    return options
+
+
+def process_defaults(options: S3Options) -> S3Options:
+    """`options` as the defaults of every s3fs filesystem made without options of its own, in this
+    process and in every process the returned object is unpickled in: how the store's credentials reach
+    Cubed's own Zarr accesses to its work_dir, which take no storage options. Polaragg's own readers and
+    writers pass theirs explicitly (credentials or explicit None), so the defaults never replace them.
+    Undo with `clear_process_defaults`."""
+    return _install_defaults(options.static(), options.credentials)
+
+
+def clear_process_defaults() -> None:
+    import fsspec.config
+
+    for protocol in ("s3", "s3a"):
+        if isinstance(fsspec.config.conf.get(protocol), _ProcessDefaults):
+            del fsspec.config.conf[protocol]

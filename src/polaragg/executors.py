@@ -73,17 +73,8 @@ def cubed_executor(choice: ExecutorChoice):
             from cubed.runtime.executors.lithops import LithopsExecutor
         except ImportError as exc:
             raise ExecutorError("lithops-local needs the 'lithops' extra: pip install 'polaragg[lithops]'") from exc
-        config = {
-            "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
-            "localhost": {"runtime": sys.executable, "worker_processes": choice.workers},
-        }
-        if choice.lithops_storage_bucket:  # job data in S3, as on Lambda (endpoint and identity: boto3's chain)
-            config["lithops"]["storage"] = "aws_s3"
-            config["aws_s3"] = {"storage_bucket": choice.lithops_storage_bucket,
-                                "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-                                or "us-west-2"}
         guard_workers()  # Lithops localhost runs each task in its own interpreter, in a new session
-        return LithopsExecutor(config=config)
+        return LithopsExecutor(config=lithops_config(choice))
     if choice.name == "lambda":
         from .recipe import LambdaOptions
 
@@ -124,6 +115,43 @@ def pushing_credentials(client, credentials: Sequence[TaskCredentials]) -> Itera
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def lithops_config(choice: ExecutorChoice) -> dict:
+    """The Lithops config of `lithops-local` or `lambda`."""
+    if choice.name == "lambda":
+        from .recipe import LambdaOptions
+
+        return cloud.lithops_config(choice.lambda_options or LambdaOptions())
+    config = {
+        "lithops": {"backend": "localhost", "storage": "localhost", "log_level": "WARNING"},
+        "localhost": {"runtime": sys.executable, "worker_processes": choice.workers},
+    }
+    if choice.lithops_storage_bucket:  # job data in S3, as on Lambda (endpoint and identity: boto3's chain)
+        config["lithops"]["storage"] = "aws_s3"
+        config["aws_s3"] = {"storage_bucket": choice.lithops_storage_bucket,
+                            "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                            or "us-west-2"}
+    return config
+
+
+LITHOPS_SESSION_ENV = "__LITHOPS_SESSION_ID"  # where Lithops keeps this process's session id
+
+
+def remove_lithops_job_data(choice: ExecutorChoice) -> int:
+    """Delete the job data (pickled tasks, with the credentials they carry; statuses; results) that this
+    process's Lithops executors left in their storage, at once rather than when the interpreter exits;
+    returns the objects deleted. Only keys of this process's own Lithops session are touched."""
+    session = os.environ.get(LITHOPS_SESSION_ENV)
+    if choice.name not in ("lithops-local", "lambda") or not session:
+        return 0
+    from lithops.storage import Storage
+
+    storage = Storage(config=lithops_config(choice))
+    keys = storage.list_keys(storage.bucket, prefix=f"lithops.jobs/{session}-")
+    if keys:
+        storage.delete_objects(storage.bucket, keys)
+    return len(keys)
 
 
 def dask_compute(arr, choice: ExecutorChoice, address: str | None = None,

@@ -2,8 +2,10 @@
 
 `load_prices(override)` reads the shipped table (`polaragg/data/prices.yaml`) and merges user overrides
 (a YAML file or a dict) over it; an unknown key is an error naming it, so a typo never prices silently at
-the shipped value. The same file holds the shipped calibrations and the Antarctic-cycle scale, which
-`shipped_section` hands to the modules that use them.
+the shipped value. The table also holds the model's assumptions (`assumptions:`: per-request S3 latency,
+per-worker throughput, Lambda concurrency, vCPU speed, granules per granule-stage task), overridden the same
+way. The same file holds the shipped calibrations, the Antarctic-cycle scale and the field's published runs,
+which `shipped_section` hands to the modules that use them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 ARCHITECTURES = ("arm64", "x86_64")
-_DATA_SECTIONS_NOT_PRICES = frozenset({"schema", "calibrations", "antarctic_cycle"})
+_DATA_SECTIONS_NOT_PRICES = frozenset({"schema", "calibrations", "antarctic_cycle", "published"})
+_PRICE_SECTIONS = ("prices", "assumptions")  # sections whose keys are PriceTable fields
 _VALUE_META = frozenset({"value", "unit", "source", "note"})
 _INSTANCE_FIELDS = frozenset({"hourly", "vcpus", "memory_gib", "source", "note"})
 
@@ -55,6 +58,12 @@ class PriceTable:
     spot_factor: float
     coiled_fee_per_cpu_hour: float
     s3_gets_per_granule: float
+    # Assumptions of projections (the `assumptions:` section): not prices, not measured.
+    s3_request_latency_seconds: float
+    s3_worker_mb_per_second: float
+    lambda_concurrency: float
+    vcpu_speed: float
+    granules_per_lambda_task: float
     instances: dict[str, Instance] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -94,7 +103,8 @@ def _shipped() -> dict[str, Any]:
 
 
 def shipped_section(name: str) -> Mapping[str, Any]:
-    """A non-price section of the shipped `prices.yaml` (`calibrations`, `antarctic_cycle`); read-only."""
+    """A non-price section of the shipped `prices.yaml` (`calibrations`, `antarctic_cycle`, `published`);
+    read-only."""
     return _shipped().get(name, {})
 
 
@@ -128,13 +138,13 @@ def _merge(prices: dict[str, float], sources: dict[str, str], instances: dict[st
     if not isinstance(data, Mapping):
         raise PriceError(f"{where}: expected a mapping of price keys, got {type(data).__name__}")
     for key, value in data.items():
-        if key == "prices":
+        if key in _PRICE_SECTIONS:
             if not isinstance(value, Mapping):
-                raise PriceError(f"{where}: 'prices' must be a mapping")
+                raise PriceError(f"{where}: '{key}' must be a mapping")
             for k, v in value.items():
                 if k not in PRICE_KEYS:
-                    raise _unknown(str(k), PRICE_KEYS, f"{where} (prices)")
-                prices[k] = _number(v, f"{where}: prices.{k}")
+                    raise _unknown(str(k), PRICE_KEYS, f"{where} ({key})")
+                prices[k] = _number(v, f"{where}: {key}.{k}")
                 if isinstance(v, Mapping) and v.get("source"):
                     sources[k] = str(v["source"])
         elif key == "instances":
@@ -165,7 +175,7 @@ def load_prices(override: str | Path | Mapping[str, Any] | None = None) -> Price
     """The shipped price table with `override` (a YAML file path or a dict) merged over it.
 
     Overrides use the price keys of `prices.yaml` directly (`{"spot_factor": 0.3}`), or its sections
-    (`{"prices": {...}, "instances": {"c7g.4xlarge": {"hourly": 0.6}}}`); a value may be a number or
+    (`{"prices": {...}, "assumptions": {...}, "instances": {"c7g.4xlarge": {"hourly": 0.6}}}`); a value may be a number or
     `{value: ..., unit: ..., source: ...}`. Unknown keys raise `PriceError` naming the key.
     """
     prices: dict[str, float] = {}
@@ -191,9 +201,12 @@ def load_prices(override: str | Path | Mapping[str, Any] | None = None) -> Price
         raise PriceError(f"spot_factor must lie in (0, 1], got {prices['spot_factor']}")
     if not 0 < prices["lambda_memory_mb_min"] < prices["lambda_memory_mb_max"]:
         raise PriceError("lambda_memory_mb_min must be > 0 and below lambda_memory_mb_max")
-    for k in ("lambda_mb_per_vcpu", "lambda_timeout_seconds"):
+    for k in ("lambda_mb_per_vcpu", "lambda_timeout_seconds", "s3_worker_mb_per_second", "vcpu_speed"):
         if prices[k] <= 0:
             raise PriceError(f"{k} must be > 0")
+    for k in ("lambda_concurrency", "granules_per_lambda_task"):
+        if prices[k] < 1 or prices[k] != int(prices[k]):
+            raise PriceError(f"{k} must be a whole number >= 1, got {prices[k]}")
     table: dict[str, Instance] = {}
     for name, spec in instances.items():
         hourly = _number(spec["hourly"], f"instances.{name}.hourly")

@@ -107,6 +107,8 @@ class RunSummary:
     time_bins: int = 1
     # Child cells with data by outcome of the change fit ({"ok": n, "few_bins": n, ...}); empty without a fit.
     fit_outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The run's cost report (`cost.CostReport.to_dict`), kept in the store as its own attribute, `run_cost`.
+    cost: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def format(self) -> str:
         bar = "=" * 70

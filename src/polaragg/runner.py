@@ -29,7 +29,7 @@ from .catalog import Catalog
 from .cost import run_cost
 from .credentials import RunCredentials
 from .domain import ExecutorChoice
-from .executors import cubed_executor, preflight
+from .executors import cubed_executor, preflight, remove_lithops_job_data
 from .intermediate import SUFFIX as PARTITIONS_SUFFIX
 from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
@@ -137,11 +137,11 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     return dataset_from_plan(plan, location, chunk_manager, spec, attrs)
 
 
-def partitions_location(store: str, credentials: RunCredentials = RunCredentials()) -> Location:
+def partitions_location(store: str, credentials: RunCredentials | None = None) -> Location:
     """Where a run keeps its partitions: next to the store (the same folder or bucket), reached with the
-    store's credentials."""
+    store's credentials (none given: those of the run in progress, else the environment's)."""
     url = store.rstrip("/") + PARTITIONS_SUFFIX
-    return Location(url, storage_options=credentials.options(url, "store"))
+    return Location(url, storage_options=credentials.options(url, "store") if credentials else None)
 
 
 
@@ -302,8 +302,10 @@ def _run_locked(job: _Job) -> RunSummary:
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=_puts_per_task(plan))
-        finalize_store(store, {"run_summary": json.dumps(dataclasses.asdict(summary)),
+        finalize_store(store, {"run_summary": json.dumps({k: v for k, v in dataclasses.asdict(summary).items()
+                                                          if k != "cost"}),
                                "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
+        summary = dataclasses.replace(summary, cost=cost.to_dict())
         if all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan):
             location.remove()  # kept otherwise: a resume reuses the granules already partitioned
     return summary
@@ -444,7 +446,7 @@ WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run with a remote store: ne
 
 
 def work_location(store: str, recipe: Recipe, run_id: str,
-                  credentials: RunCredentials = RunCredentials()) -> Location | None:
+                  credentials: RunCredentials | None = None) -> Location | None:
     """Where this run's Cubed intermediates go: a folder of its own under `executor.work_dir`, else
     `<store>.cubed` for a remote store (workers cannot see the client's disk); None: a local temporary one.
     Reached with the store's credentials."""
@@ -454,11 +456,11 @@ def work_location(store: str, recipe: Recipe, run_id: str,
         url = store.rstrip("/") + WORK_SUFFIX
     else:
         return None
-    return Location(url, storage_options=credentials.options(url, "store"))
+    return Location(url, storage_options=credentials.options(url, "store") if credentials else None)
 
 
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe,
-             credentials: RunCredentials = RunCredentials()) -> np.ndarray:
+             credentials: RunCredentials | None = None) -> np.ndarray:
     if choice.engine == "cubed":
         work = work_location(target.store, recipe, target.run_id, credentials)
         in_process = choice.name in ("single-threaded", "threads")
@@ -466,16 +468,27 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
             if not work.is_ours():
                 raise StoreError(f"{work.url} exists and was not made by polaragg; set executor.work_dir elsewhere")
             work.create()
+        from .credentials import S3Options, clear_process_defaults, process_defaults
+
+        # Cubed opens its work_dir's Zarr arrays without storage options: the store's credentials reach them
+        # as the s3fs defaults of the client and of every worker its operations are unpickled in.
+        options = work.storage_options if work is not None and isinstance(work.storage_options, S3Options) else None
         spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
-                            in_process=in_process, storage_options=work.storage_options if work else None)
-        arr = run_array(plan, location, target, "cubed", spec)
-        result = arr.compute(executor=cubed_executor(choice))
+                            in_process=in_process, storage_options=process_defaults(options) if options else None)
+        try:
+            arr = run_array(plan, location, target, "cubed", spec)
+            result = arr.compute(executor=cubed_executor(choice))
+        finally:
+            if options is not None:
+                clear_process_defaults()
+            remove_lithops_job_data(choice)  # the tasks' payloads carried credentials
         if work is not None and not in_process:
             work.remove()  # only a folder polaragg marked as its own
         return result
     from .executors import dask_compute
 
-    return dask_compute(run_array(plan, location, target, "dask"), choice, credentials=credentials.sets())
+    return dask_compute(run_array(plan, location, target, "dask"), choice,
+                        credentials=credentials.sets() if credentials else ())
 
 
 def _child_cells_with_data(store: str) -> int:
