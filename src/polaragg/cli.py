@@ -67,6 +67,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary.cells_failed == 0 else 3
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .runner import check
+
+    checks = check(args.recipe, store=args.store, executor=args.executor, max_workers=args.workers)
+    for c in checks:
+        print(c.format())
+    failed = [c for c in checks if c.status == "failed"]
+    print(f"preflight: {len(failed)} check(s) failed" if failed else "preflight: ready to run")
+    return 1 if failed else 0
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
     from .sources import load_catalog
@@ -260,6 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true",
                    help="add the recipe's new time bins (e.g. a new cycle) to the store, refitting from its sums")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="only the preflight of a run: credentials, store and work_dir writable, executor "
+                                     "reachable and matching; creates nothing")
+    p.add_argument("recipe")
+    p.add_argument("--store")
+    p.add_argument("--executor", choices=ALL_EXECUTORS)
+    p.add_argument("--workers", type=int)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("status", help="progress and failures (grouped by reason) of a store")
     p.add_argument("store", help="store path or URL")

@@ -172,13 +172,48 @@ def run(
     recipe = _as_recipe(recipe)
     store = recipe.output.store if store is None else store
     overwrite = recipe.output.overwrite if overwrite is None else overwrite
-    choice = ExecutorChoice(executor or recipe.executor.name, max_workers or recipe.executor.max_workers,
-                            lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
-                            allowed_mem=recipe.executor.memory_bytes, address=recipe.executor.scheduler,
-                            lithops_storage_bucket=recipe.executor.lithops_storage_bucket)
+    choice = _choice(recipe, executor, max_workers)
     start = time.perf_counter()
     with contextlib.ExitStack() as scopes:
         return _run(recipe, store, choice, resume, overwrite, append, progress, stream, start, scopes)
+
+
+def _choice(recipe: Recipe, executor: str | None, max_workers: int | None) -> ExecutorChoice:
+    return ExecutorChoice(executor or recipe.executor.name, max_workers or recipe.executor.max_workers,
+                          lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
+                          allowed_mem=recipe.executor.memory_bytes, address=recipe.executor.scheduler,
+                          lithops_storage_bucket=recipe.executor.lithops_storage_bucket)
+
+
+def check(recipe: Recipe | str, *, store: str | None = None, executor: str | None = None,
+          max_workers: int | None = None) -> list:
+    """The preflight checks of a run of `recipe` (`preflight.Check`s), run and returned; nothing is created.
+    Credentials that cannot be obtained at all fail the check of their set."""
+    from .credentials import CredentialError, run_credentials
+    from .fs import options_scope
+    from .preflight import Check, preflight
+
+    recipe = _as_recipe(recipe)
+    store = recipe.output.store if store is None else store
+    choice = _choice(recipe, executor, max_workers)
+    work_dir = recipe.executor.work_dir or ""
+    failed = []
+    try:
+        credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+    except CredentialError as exc:
+        credentials, failed = RunCredentials(), [Check("credentials.store", "failed", str(exc))]
+    with options_scope(credentials.scopes([store.rstrip("/"), work_dir.rstrip("/")])):
+        catalog = load_catalog(recipe)
+        needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
+        if needs_granules:
+            try:
+                credentials = dataclasses.replace(
+                    credentials, granules=run_credentials(recipe.credentials, True, False).granules)
+            except CredentialError as exc:
+                failed.append(Check("credentials.granules", "failed", str(exc)))
+        checks = preflight(recipe, store, choice, credentials, needs_granules=needs_granules)
+    names = {c.name for c in failed}
+    return failed + [c for c in checks if c.name not in names]
 
 
 def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overwrite: bool, append: bool,
@@ -187,9 +222,12 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
     from .credentials import run_credentials
     from .fs import options_scope
     from .lock import refuse_if_locked
+    from .preflight import credentials_check, require
 
     work_dir = recipe.executor.work_dir or ""
     credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+    if credentials.store is not None:
+        require([credentials_check(recipe, credentials, "store")])
     scopes.enter_context(options_scope(credentials.scopes([store.rstrip("/"), work_dir.rstrip("/")])))
     try:
         state = inspect_target(store)
@@ -219,6 +257,9 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
         plan = plan_recipe(recipe, catalog, choice.name, choice.max_workers)
         inputs = _inputs(plan, catalog)
     plan = dataclasses.replace(plan, storage_options=credentials.options("s3://", "granules"))
+    from .preflight import preflight as full_preflight
+
+    require(full_preflight(recipe, store, choice, credentials, needs_granules=credentials.granules is not None))
     fingerprint = _run_fingerprint(recipe.fingerprint(), inputs)
     job = _Job(recipe, store, choice, state, resume or append, plan, catalog, inputs, fingerprint, progress, stream,
                start, append, credentials)
