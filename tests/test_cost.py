@@ -1,32 +1,45 @@
-"""Cost model: price table, cost from the ledger alone, calibration, estimates and the CLI cost block.
+"""Cost model: price table, cost from the ledger alone, calibration, estimates, the full-cycle projection
+from the measured one-pass figures, and the CLI cost block.
 
 Expected figures are closed forms computed here from the documented model (Lambda: billed milliseconds x GB
 x price per GB-s + invocations x price per request; EC2: task-seconds / vCPUs x hourly; Coiled: EC2 +
-vCPU-hours x fee; S3: GETs and PUTs x their prices) with prices read from `polaragg/data/prices.yaml` by
-yaml in this file, for synthetic ledger records whose seconds, attempts and granules are chosen here.
-No demo run.
+vCPU-hours x fee; S3: GETs and PUTs x their prices) with prices and assumptions read from
+`polaragg/data/prices.yaml` by yaml, and measured figures read from `polaragg/data/onepass_measured.json` and
+`benchmarks/results/cost.json` by json, in this file, for synthetic ledger records and plans chosen here.
+One reduced run of benchmarks/s3_requests.py against a local moto server, counted again here from moto's log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 import pytest
 import yaml
 
 import polaragg
-from polaragg.calibration import Calibration, calibrate, default_calibration
-from polaragg.cost import estimate, format_cost, project_full_cycle, run_cost, store_cost
+from polaragg.calibration import Calibration, calibrate, default_calibration, measured_figures
+from polaragg.cost import (estimate, format_cost, project_full_cycle, published_reference, puts_per_task, run_cost,
+                           store_cost)
 from polaragg.ledger import TaskRecord, read_records, write_record
 from polaragg.prices import PriceError, load_prices
 
+ROOT = Path(__file__).resolve().parents[1]
 PRICES_YAML = Path(polaragg.__file__).parent / "data" / "prices.yaml"
 DOC = yaml.safe_load(PRICES_YAML.read_text())
-P = {k: float(v["value"]) for k, v in DOC["prices"].items()}  # price key -> documented value
+# price or assumption key -> documented value
+P = {k: float(v["value"]) for section in ("prices", "assumptions") for k, v in DOC[section].items()}
 INSTANCES = DOC["instances"]
+MEASURED = json.loads((Path(polaragg.__file__).parent / "data" / "onepass_measured.json").read_text())
+RESULTS = json.loads((ROOT / "benchmarks" / "results" / "cost.json").read_text())
+CYCLE = DOC["antarctic_cycle"]
 
 
 def rec(i: int, seconds: float, *, rows: int = 100_000, granules: int = 10, obs: int | None = None,
@@ -408,70 +421,385 @@ def test_default_calibration_is_shipped():
         default_calibration("nope")
 
 
-def test_estimate_scales_linearly(prices):
-    cal = Calibration(seconds_per_row=2e-6, seconds_per_granule=0.0, seconds_per_task=0.0)
-    tasks = [(100_000 * (i + 1), 10) for i in range(20)]
-    one = estimate(tasks, cal, prices)
-    two = estimate([(2 * r, g) for r, g in tasks], cal, prices)
-    assert one.task_seconds == pytest.approx(2e-6 * sum(r for r, _ in tasks))
-    assert two.task_seconds == pytest.approx(2 * one.task_seconds)
-    assert two.lambda_gb_seconds == pytest.approx(2 * one.lambda_gb_seconds, rel=1e-3)
-    assert two.coiled_usd == pytest.approx(2 * one.coiled_usd)
-    assert one.kind == "estimate" and one.wall_seconds is None
+
+# --- the measured one-pass figures ----------------------------------------------------------------
 
 
-def test_estimate_from_plan_like_tasks_and_wall_bounds(prices):
-    class T:  # what plan.Task offers: expected_rows and a granule tuple
-        def __init__(self, rows, n):
-            self.expected_rows, self.granules = rows, tuple(range(n))
+def test_measured_figures_are_the_benchmark_output_and_sane():
+    """The shipped figures are benchmarks/results/cost.json's, measured at a commit of this repository, and
+    every measured point is physically sane."""
+    assert MEASURED["readers"] == RESULTS["readers"] and MEASURED["commit"] == RESULTS["commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", MEASURED["commit"])
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-t", MEASURED["commit"]], capture_output=True,
+                           text=True)
+    if known.returncode == 0 or "not a git repository" not in known.stderr:
+        assert known.stdout.strip() == "commit", known.stderr
+    assert set(MEASURED["readers"]) == {"h5coro", "h5py"}
+    assert 0 < MEASURED["cold_start_cpu_seconds"] < 30
+    for run in RESULTS["runs"]:
+        assert not run.get("error"), run
+        assert run["moto_log_matches"] and run["requests"] == run["moto_log_requests"] > 0
+        g, c, k = run["granule_stage"], run["cell_stage"], run["client"]
+        assert g["requests"] + c["requests"] + k["requests"] == run["requests"]  # the stages partition the log
+        assert c["task_record_puts"] == run["tasks"]  # one record per cell task
+        assert c["segment_gets"] == run["segments"] >= run["tasks"] // 2
+        assert c["chunk_puts"] + c["task_record_puts"] == run["tasks"] * run["puts_per_task_schema"]
+    whole = [p for key, pts in RESULTS["points"].items() if key.startswith("full/") for p in pts["granules"]]
+    assert whole and min(p["rows"] for p in whole) > 250_000  # real-sized granules were measured
+    for pts in RESULTS["points"].values():
+        for p in pts["granules"]:
+            assert p["gets"] >= 1 and p["rows"] > 0 and p["cpu_seconds"] > 0
+            assert 0 < p["get_bytes"] <= p["file_bytes"]  # never more than the object
+        for t in pts["tasks"]:
+            assert t["cpu_seconds"] > 0 and t["segments"] <= t["observations"]
+    mean_rows = CYCLE["rows"] / CYCLE["granules"]
+    for reader, f in MEASURED["readers"].items():
+        g, c = f["granule_stage"], f["cell_stage"]
+        gets = g["granule_gets"]["per_granule"] + g["granule_gets"]["per_row"] * mean_rows
+        fetched = g["granule_get_bytes"]["per_granule"] + g["granule_get_bytes"]["per_row"] * mean_rows
+        assert gets >= 1, reader
+        assert 0 < fetched <= 1.01 * f["file_bytes_per_row"] * mean_rows, reader  # bytes < the granule's size
+        assert g["cpu_seconds"]["per_row"] > 0 and g["request_concurrency"] >= 0.99
+        assert 0 < c["segments_per_planned_pair"] <= 1 and c["segment_gets_per_segment"] == 1
+        # 20 bytes a partition row: t float64, h float32, sigma float32, cell uint16, bin uint16
+        assert c["segment_bytes_per_observation"] == pytest.approx(8 + 4 + 4 + 2 + 2)
+    # the package reads the same numbers
+    fig = measured_figures("h5coro")
+    g = MEASURED["readers"]["h5coro"]["granule_stage"]
+    assert fig.granule.cpu_seconds(1000.0) == pytest.approx(
+        g["cpu_seconds"]["per_granule"] + 1000.0 * g["cpu_seconds"]["per_row"])
+    with pytest.raises(PriceError, match="reader 'h5zz'"):
+        measured_figures("h5zz")
 
-    cal = Calibration(seconds_per_row=1e-6, seconds_per_granule=0.1, seconds_per_task=0.5)
-    tasks = [T(1_000_000, 10), T(0, 2)]
-    r = estimate(tasks, cal, prices, concurrency=100)
-    assert r.task_seconds == pytest.approx((1.0 + 1.0 + 0.5) + (0.2 + 0.5))
-    assert r.max_task_seconds == pytest.approx(2.5) and r.wall_seconds == pytest.approx(2.5)
-    assert r.granules_read == 12
-    r = estimate([(1_000_000, 0)] * 64, Calibration(1e-5, 0.0), prices, n_instances=2)
-    assert r.wall_seconds == pytest.approx(640 / 32)
-    assert r.instance_hours == pytest.approx(2 * 20 / 3600)
+
+def _nnls_optimal(a: np.ndarray, y: np.ndarray, x: np.ndarray) -> bool:
+    """Karush-Kuhn-Tucker conditions of min |a x - y|^2 subject to x >= 0."""
+    grad = a.T @ (a @ x - y)
+    tol = 1e-6 * float(np.abs(a.T @ y).max())
+    return bool(np.all(x >= 0) and np.all(np.abs(grad[x > 0]) <= tol) and np.all(grad[x == 0] >= -tol))
 
 
-@pytest.mark.parametrize("name", [n for n in DOC["calibrations"] if n != "default"])
-def test_full_cycle_projection_closed_form(prices, name):
-    """Task seconds are linear in size, so the cycle's total is the calibration applied to the cycle's totals:
-    rows, (cell, granule) pairs = granules x pairs per granule, and one task per parent cell with data."""
-    cal, cycle = DOC["calibrations"][name], DOC["antarctic_cycle"]
-    n = int(cycle["parent_cells_with_data"])
-    pairs = float(cycle["granules"]) * float(cycle["pairs_per_granule"])
-    seconds = (float(cal["seconds_per_row"]) * float(cycle["rows"])
-               + float(cal["seconds_per_granule"]) * pairs
-               + float(cal.get("seconds_per_task", 0.0)) * n)
-    r = project_full_cycle(default_calibration(name), prices)
-    assert r.n_tasks == n and r.kind == "projection"
-    assert r.task_seconds == pytest.approx(seconds, rel=1e-9)
-    assert r.observations == pytest.approx(float(cycle["observations"]), rel=1e-6)
-    # 2 GB arm64 by default; per-invocation rounding up to 1 ms adds at most n ms
-    gb_low, gb_high = seconds * 2.0, (seconds + n * 0.001) * 2.0
-    assert gb_low - 1e-6 <= r.lambda_gb_seconds <= gb_high + 1e-6
-    requests = n * P["lambda_requests_per_million"] / 1e6
-    assert gb_low * P["lambda_gb_second_arm64"] + requests - 1e-9 <= r.lambda_usd \
-        <= gb_high * P["lambda_gb_second_arm64"] + requests + 1e-9
+def test_measured_fits_are_least_squares_of_the_measured_points():
+    for reader, f in RESULTS["readers"].items():
+        pts = [v for key, v in RESULTS["points"].items() if key.endswith(f"/{reader}")]
+        gp = [p for v in pts for p in v["granules"]]
+        tp = [t for v in pts for t in v["tasks"]]
+        rows = np.array([p["rows"] for p in gp], dtype=float)
+        a = np.c_[np.ones_like(rows), rows]
+        for name, key in (("cpu_seconds", "cpu_seconds"), ("granule_gets", "gets"), ("granule_get_bytes", "get_bytes")):
+            fit = f["granule_stage"][name]
+            x = np.array([fit["per_granule"], fit["per_row"]])
+            assert _nnls_optimal(a, np.array([p[key] for p in gp], dtype=float), x), (reader, name)
+        cell = f["cell_stage"]["cpu_seconds"]
+        a = np.c_[np.ones(len(tp)), [t["observations"] for t in tp], [t["segments"] for t in tp]]
+        x = np.array([cell["per_task"], cell["per_observation"], cell["per_segment"]])
+        assert _nnls_optimal(a, np.array([t["cpu_seconds"] for t in tp]), x), reader
+        assert f["granules"] == len(gp) and f["tasks"] == len(tp)
+
+
+# --- estimates and the full-cycle projection from the measured figures -----------------------------
+
+
+def _ceil_ms(seconds: float) -> int:
+    return math.ceil(round(seconds * 1000.0, 6))
+
+
+def one_pass_closed_form(figures: dict, granule_tasks: list[tuple[int, float, float]],
+                         cell_tasks: list[tuple[int, float, float, float]], puts: float, *, memory_mb: int = 2048,
+                         architecture: str = "arm64", workers: int = 1000, prices: dict = P,
+                         cold_start: float = MEASURED["cold_start_cpu_seconds"], cell_cpu=None) -> dict:
+    """The documented model written out: granule tasks (count, granules, rows each), cell tasks (count,
+    observations, segments, reported granules each); seconds = CPU x scale / speed + (GETs + PUTs) x latency /
+    concurrency + bytes / throughput; one INIT per concurrent function; c7g.4xlarge for EC2 / Coiled."""
+    g, c, k = figures["granule_stage"], figures["cell_stage"], figures["client"]
+    lat, mbps, speed = prices["s3_request_latency_seconds"], prices["s3_worker_mb_per_second"], prices["vcpu_speed"]
+    scale = max(1.0, prices["lambda_mb_per_vcpu"] / memory_mb)
+    out = {"gets": 0.0, "puts": 0.0, "bytes": 0.0, "billed_ms": 0, "full": 0.0, "wall": 0.0, "tasks": 0, "cpu": 0.0}
+    stages = []
+    for count, a, b, *rest in granule_tasks:
+        n, rows = a, b
+        cpu = n * g["cpu_seconds"]["per_granule"] + rows * g["cpu_seconds"]["per_row"]
+        gets = n * (g["granule_gets"]["per_granule"] + g["granule_heads_per_granule"]
+                    + g["other_get_class_per_granule"]) + rows * g["granule_gets"]["per_row"]
+        put = n * g["put_class_per_granule"]
+        got = n * g["granule_get_bytes"]["per_granule"] + rows * g["granule_get_bytes"]["per_row"]
+        stages.append(("g", count, cpu, gets, put, got, g["request_concurrency"]))
+    for count, obs, seg, reported in cell_tasks:
+        cp = c["cpu_seconds"]
+        cpu = cp["per_task"] + cp["per_observation"] * obs + cp["per_segment"] * seg if cell_cpu is None \
+            else cell_cpu(obs, seg)
+        gets = seg * c["segment_gets_per_segment"] + reported * c["record_get_class_per_granule"] \
+            + c["other_get_class_per_task"]
+        put = puts + c["other_put_class_per_task"]
+        got = obs * c["segment_bytes_per_observation"]
+        stages.append(("c", count, cpu, gets, put, got, c["request_concurrency"]))
+    walls = {"g": [0.0, 0.0, 0], "c": [0.0, 0.0, 0]}  # slowest, total, tasks
+    for stage, count, cpu, gets, put, got, conc in stages:
+        io = (gets + put) * lat / conc + got / (mbps * 1e6)
+        on_lambda, full = cpu * scale / speed + io, cpu / speed + io
+        out["billed_ms"] += count * _ceil_ms(on_lambda)
+        out["full"] += count * full
+        out["cpu"] += count * cpu
+        out["gets"] += count * gets
+        out["puts"] += count * put
+        out["bytes"] += count * got
+        out["tasks"] += count
+        w = walls[stage]
+        w[0], w[1], w[2] = max(w[0], on_lambda), w[1] + count * on_lambda, w[2] + count
+    n_cells = walls["c"][2]
+    out["gets"] += k["get_class_per_run"] + k["get_class_per_task"] * n_cells
+    out["puts"] += k["put_class_per_run"] + k["put_class_per_task"] * n_cells
+    init = cold_start * scale / speed
+    cold = min(out["tasks"], max(min(workers, walls["g"][2]), min(workers, walls["c"][2])))
+    out["cold"] = cold
+    out["gb_s"] = (out["billed_ms"] + cold * _ceil_ms(init)) / 1000.0 * memory_mb / 1024.0
+    out["lambda_usd"] = out["gb_s"] * prices[f"lambda_gb_second_{architecture}"] \
+        + out["tasks"] * prices["lambda_requests_per_million"] / 1e6
+    out["wall"] = init + sum(max(w[0], w[1] / min(workers, w[2])) for w in walls.values() if w[2])
     c7g = INSTANCES["c7g.4xlarge"]
-    hours = seconds / c7g["vcpus"] / 3600.0
-    per_hour = c7g["hourly"] + c7g["vcpus"] * P["coiled_fee_per_cpu_hour"]
-    assert r.coiled_usd == pytest.approx(hours * per_hour, rel=1e-9)
-    assert r.wall_seconds == pytest.approx(r.max_task_seconds)  # one Lambda per task
+    out["hours"] = out["full"] / c7g["vcpus"] / 3600.0
+    out["coiled_usd"] = out["hours"] * (c7g["hourly"] + c7g["vcpus"] * prices["coiled_fee_per_cpu_hour"])
+    out["s3_usd"] = out["gets"] * prices["s3_get_per_1000"] / 1000 + out["puts"] * prices["s3_put_per_1000"] / 1000
+    return out
 
 
-def test_full_cycle_projection_orders_and_scales(prices):
-    field = project_full_cycle(default_calibration("field-lambda-s3"), prices)
-    demo = project_full_cycle(prices=prices)
-    assert 0 < demo.lambda_usd < field.lambda_usd  # S3 reads are slower than local disk
-    field_rate = float(DOC["calibrations"]["field-lambda-s3"]["seconds_per_row"])
-    double = Calibration(seconds_per_row=2 * field_rate, seconds_per_granule=0.0)
-    twice = project_full_cycle(double, prices)
-    assert twice.lambda_duration_usd == pytest.approx(2 * field.lambda_duration_usd, rel=1e-4)
-    assert twice.coiled_usd == pytest.approx(2 * field.coiled_usd, rel=1e-9)
-    x86 = project_full_cycle(default_calibration("field-lambda-s3"), prices, architecture="x86_64")
-    assert x86.lambda_duration_usd / field.lambda_duration_usd == pytest.approx(
-        P["lambda_gb_second_x86_64"] / P["lambda_gb_second_arm64"], rel=1e-12)
+def cycle_tasks(figures: dict) -> tuple[list, list, float]:
+    """The full cycle of prices.yaml written out: the largest granule and the rest alike; the densest cell
+    and the rest alike; segments = listed granules x the measured share with rows."""
+    n_g, rows, largest = int(CYCLE["granules"]), float(CYCLE["rows"]), float(CYCLE["largest_granule_rows"])
+    granules = [(1, 1, largest), (n_g - 1, 1, (rows - largest) / (n_g - 1))]
+    n_t, obs = int(CYCLE["parent_cells_with_data"]), float(CYCLE["observations"])
+    dense_obs, dense_g = float(CYCLE["densest_cell_observations"]), float(CYCLE["densest_cell_granules"])
+    rest_g = (n_g * float(CYCLE["pairs_per_granule"]) - dense_g) / (n_t - 1)
+    share = figures["cell_stage"]["segments_per_planned_pair"]
+    cells = [(1, dense_obs, dense_g * share, n_g / n_t), (n_t - 1, (obs - dense_obs) / (n_t - 1), rest_g * share, n_g / n_t)]
+    # one PUT per stored statistic's chunk and one ledger record: as many as the benchmark counted
+    puts = figures["cell_stage"]["chunk_puts_per_task"] + figures["cell_stage"]["task_record_puts_per_task"]
+    return granules, cells, puts
+
+
+@pytest.mark.parametrize("reader", ["h5coro", "h5py"])
+@pytest.mark.parametrize("memory_mb, architecture", [(2048, "arm64"), (1024, "x86_64"), (3008, "arm64")])
+def test_full_cycle_projection_closed_form(prices, reader, memory_mb, architecture):
+    figures = MEASURED["readers"][reader]
+    granules, cells, puts = cycle_tasks(figures)
+    want = one_pass_closed_form(figures, granules, cells, puts, memory_mb=memory_mb, architecture=architecture)
+    r = project_full_cycle(prices=prices, reader=reader, lambda_memory_mb=memory_mb, architecture=architecture)
+    assert r.kind == "projection" and r.n_tasks == r.invocations == want["tasks"] == CYCLE["granules"] + CYCLE[
+        "parent_cells_with_data"]
+    assert r.observations == pytest.approx(CYCLE["observations"], rel=1e-9)
+    assert r.rows == pytest.approx(CYCLE["rows"], rel=1e-9)
+    assert r.lambda_gb_seconds == pytest.approx(want["gb_s"], rel=1e-9)
+    assert r.lambda_usd == pytest.approx(want["lambda_usd"], rel=1e-9)
+    assert r.lambda_cold_starts == want["cold"] == 1000
+    assert r.wall_seconds == r.lambda_wall_seconds == pytest.approx(want["wall"], rel=1e-9)
+    assert r.task_seconds == pytest.approx(want["full"], rel=1e-9)
+    assert r.instance_hours == pytest.approx(want["hours"], rel=1e-9)
+    assert r.coiled_usd == pytest.approx(want["coiled_usd"], rel=1e-9)
+    assert (r.s3_gets, r.s3_puts) == (round(want["gets"]), round(want["puts"]))
+    assert r.s3_usd == pytest.approx(want["s3_usd"], rel=1e-9)
+    assert r.s3_get_bytes == round(want["bytes"])
+    assert sum(st["cpu_seconds"] for st in r.stages) == pytest.approx(want["cpu"], rel=1e-9)
+
+
+def test_projection_puts_come_from_the_schema_and_match_the_measured_count():
+    """A one-cycle plan's schema (15 statistics at the child order, one time chunk) gives as many PUTs per
+    cell task as the benchmark counted in the request log."""
+    from polaragg.schema import OutputSchema
+
+    plan = SimpleNamespace(schema=OutputSchema(1, False), time=SimpleNamespace(n=1), stored_bins=0, time_chunk=0,
+                           task_orders=(12,))
+    measured = {f["cell_stage"]["chunk_puts_per_task"] + f["cell_stage"]["task_record_puts_per_task"]
+                for f in MEASURED["readers"].values()}
+    assert measured == {puts_per_task(plan)} == {15 + 1}
+    pyramid = dataclasses.replace(OutputSchema(4, True))  # 4 bins with the fit, three orders, bins in 2 chunks
+    plan = SimpleNamespace(schema=pyramid, time=SimpleNamespace(n=4), stored_bins=0, time_chunk=2,
+                           task_orders=(12, 11, 10))
+    assert puts_per_task(plan) == 3 * (len(pyramid.per_bin) * 2 + len(pyramid.per_cell)) + 1
+    more = project_full_cycle(puts=40)
+    base = project_full_cycle()
+    n_t = CYCLE["parent_cells_with_data"]
+    assert more.s3_puts - base.s3_puts == n_t * (40 - 16)
+
+
+def test_assumptions_are_printed_and_change_the_projection():
+    figures = MEASURED["readers"]["h5coro"]
+    r = project_full_cycle()
+    text = r.format()
+    names = [name for name, _ in r.assumptions]
+    for name in ("S3 request latency", "request concurrency", "S3 throughput", "Lambda", "concurrency",
+                 "vCPU speed", "cold starts", "measured figures", "scale"):
+        assert name in names
+        assert f"- {name}: " in text
+    assert f"S3 request latency: {P['s3_request_latency_seconds'] * 1000:g} ms per request" in text
+    g_conc, c_conc = figures["granule_stage"]["request_concurrency"], figures["cell_stage"]["request_concurrency"]
+    assert f"granule stage {g_conc:.2f}, cell stage {c_conc:.2f} requests in flight" in text
+    assert "Lambda: 2048 MB arm64: 1.00 vCPU, CPU-seconds x 1.00" in text
+    assert "at most 1,000 functions at once" in text
+    assert MEASURED["commit"][:7] in text
+    assert "| granule stage | 4,100 |" in text and "| cell stage | 1,330 |" in text
+    # a fraction of a vCPU below 1,769 MB scales the CPU part only
+    small = project_full_cycle(lambda_memory_mb=1024)
+    assert f"CPU-seconds x {1769 / 1024:.2f}" in small.format()
+    for a, b in zip(small.stages, r.stages):
+        assert a["wait_seconds"] == b["wait_seconds"] and a["cpu_seconds"] == b["cpu_seconds"]
+    # waits are linear in the assumed latency, nothing else moves
+    slow = project_full_cycle(prices=load_prices({"s3_request_latency_seconds": 0.05}))
+    assert "S3 request latency: 50 ms per request" in slow.format()
+    for a, b in zip(slow.stages, r.stages):
+        assert a["wait_seconds"] == pytest.approx(b["wait_seconds"] * 0.05 / P["s3_request_latency_seconds"])
+        assert (a["cpu_seconds"], a["gets"], a["puts"]) == (b["cpu_seconds"], b["gets"], b["puts"])
+    assert slow.s3_usd == r.s3_usd and slow.lambda_usd > r.lambda_usd
+    hundred = project_full_cycle(concurrency=100)
+    assert "at most 100 functions at once (given)" in hundred.format() and hundred.lambda_cold_starts == 100
+    assert hundred.wall_seconds > r.wall_seconds
+
+
+def test_published_run_is_a_labelled_reference_row_not_the_projection(prices, monkeypatch):
+    rows = published_reference(prices)
+    assert rows and all(row.label.startswith("published: ") for row in rows)
+    field = rows[0]
+    # shared/reference/pricing.md: 87,152 Lambda-seconds at 2 GB arm64 -> $2.32
+    assert field.lambda_gb_seconds == pytest.approx(87_152 * 2.0)
+    assert field.usd_price_table == pytest.approx(2.32, abs=0.005) and field.usd_published == 2.32
+    r = project_full_cycle(prices=prices)
+    text = r.format()
+    reference = text.split("Reference (the field's published runs, for comparison; not part of this projection):")
+    assert len(reference) == 2 and "published: " not in reference[0]
+    assert all(f"- {row.label}: " in reference[1] for row in rows)
+    assert abs(r.lambda_usd - field.usd_price_table) > 0.01  # a projection of its own
+    # the projection does not read the published figures
+    import polaragg.cost as cost
+
+    doubled = [{**item, "lambda_seconds": 2 * item["lambda_seconds"]} for item in DOC["published"]]
+    real = cost.shipped_section
+    monkeypatch.setattr(cost, "shipped_section", lambda name: doubled if name == "published" else real(name))
+    again = project_full_cycle(prices=prices)
+    assert again.reference[0]["lambda_gb_seconds"] == pytest.approx(2 * field.lambda_gb_seconds)
+    for key in ("lambda_usd", "lambda_gb_seconds", "coiled_usd", "ec2_usd", "s3_usd", "task_seconds", "wall_seconds"):
+        assert getattr(again, key) == getattr(r, key), key
+
+
+def test_full_cycle_with_a_calibration_replaces_the_measured_cpu(prices):
+    """A calibration's task seconds (granule stage included) replace both stages' measured CPU-seconds;
+    requests, bytes and waits stay the measured ones."""
+    figures = MEASURED["readers"]["h5coro"]
+    cal = Calibration(seconds_per_row=2e-6, seconds_per_granule=0.01, seconds_per_task=0.5, name="mine")
+    granules, cells, puts = cycle_tasks(figures)
+    per_row = CYCLE["observations"] / CYCLE["rows"]
+    share = figures["cell_stage"]["segments_per_planned_pair"]
+    zero_granules = {**figures, "granule_stage": {**figures["granule_stage"],
+                                                  "cpu_seconds": {"per_granule": 0.0, "per_row": 0.0}}}
+    want = one_pass_closed_form(zero_granules, granules, cells, puts,
+                                cell_cpu=lambda obs, seg: 2e-6 * obs / per_row + 0.01 * seg / share + 0.5)
+    r = project_full_cycle(cal, prices)
+    assert r.task_seconds == pytest.approx(want["full"], rel=1e-9)
+    assert r.lambda_gb_seconds == pytest.approx(want["gb_s"], rel=1e-9)
+    assert r.stages[0]["cpu_seconds"] == 0.0
+    assert any("calibration 'mine'" in n for n in r.notes)
+    base = project_full_cycle(prices=prices)
+    assert (r.s3_gets, r.s3_puts, r.s3_usd) == (base.s3_gets, base.s3_puts, base.s3_usd)
+
+
+def fake_plan(granules_per_task: int = 2):
+    """What estimate reads of a Plan: tasks (expected rows, listed granules, reported granules), the
+    granule-stage order and grouping, and the reader."""
+    ref = [SimpleNamespace(granule_id=f"G{i}", url=f"s3://b/G{i}.h5") for i in range(5)]
+    t = [SimpleNamespace(expected_rows=400_000.0, granules=tuple(ref[:4]), reports=(("G0", ()), ("G1", ()))),
+         SimpleNamespace(expected_rows=100_000.0, granules=tuple(ref[2:]), reports=(("G2", ()), ("G3", ()), ("G4", ()))),
+         SimpleNamespace(expected_rows=0.0, granules=(), reports=())]
+    return SimpleNamespace(tasks=t, granules=tuple(ref), granules_per_task=granules_per_task, reader="h5py")
+
+
+def test_estimate_of_a_plan_closed_form(prices):
+    plan = fake_plan()
+    figures = MEASURED["readers"]["h5py"]
+    share = figures["cell_stage"]["segments_per_planned_pair"]
+    catalog = SimpleNamespace(granules=__import__("pandas").DataFrame(
+        {"granule_id": [f"G{i}" for i in range(5)], "expected_rows": [300_000.0, 200_000, 100_000, 50_000, 10_000]}))
+    per_row = 0.9
+    # granule-stage tasks of 2 granules in plan order: (G0, G1), (G2, G3), (G4)
+    granules = [(1, 2, 500_000.0), (1, 2, 150_000.0), (1, 1, 10_000.0)]
+    cells = [(1, 360_000, 4 * share, 2), (1, 90_000, 3 * share, 3), (1, 0.0, 0.0, 0)]  # rows x 0.9 observations
+    want = one_pass_closed_form(figures, granules, cells, 16.0, workers=1000)
+    r = estimate(plan, prices=prices, catalog=catalog, observations_per_row=per_row, puts=16, executor="lambda")
+    assert r.kind == "estimate" and r.n_tasks == 6 and r.granules_read == 5
+    assert r.task_seconds == pytest.approx(want["full"], rel=1e-9)
+    assert r.lambda_gb_seconds == pytest.approx(want["gb_s"], rel=1e-9)
+    assert r.lambda_usd == pytest.approx(want["lambda_usd"], rel=1e-9)
+    assert r.lambda_cold_starts == 3  # as many functions as the larger stage's tasks
+    assert r.coiled_usd == pytest.approx(want["coiled_usd"], rel=1e-9)
+    assert (r.s3_gets, r.s3_puts) == (round(want["gets"]), round(want["puts"]))
+    assert r.total_usd == pytest.approx(r.lambda_usd + r.s3_usd)
+    assert "- scale: this plan: 5 granules in 3 granule-stage task(s) of up to 2" in r.format()
+    # without a catalog the plan's expected rows are spread over its granules
+    bare = estimate(plan, prices=prices, observations_per_row=per_row, puts=16)
+    assert bare.rows == pytest.approx(500_000) and any("no catalog" in v for _, v in bare.assumptions)
+    # the plan's reader picks the figures; an explicit reader others
+    assert "reader h5py" in dict(bare.assumptions)["measured figures"]
+    assert "reader h5coro" in dict(estimate(plan, prices=prices, puts=16, reader="h5coro").assumptions)[
+        "measured figures"]
+
+
+def test_estimate_scales_and_wall_bounds(prices):
+    one = estimate(fake_plan(1), prices=prices, puts=16)
+    assert one.n_tasks == 5 + 3
+    slots = estimate(fake_plan(1), prices=prices, puts=16, n_instances=1)
+    # one instance: each stage's task-seconds packed on its 16 vCPUs, but no shorter than its slowest task
+    # (at 2048 MB a Lambda has a full vCPU, so a task's Lambda seconds are its full-vCPU seconds)
+    vcpus = INSTANCES["c7g.4xlarge"]["vcpus"]
+    assert slots.wall_seconds == pytest.approx(sum(max(st["max_task_seconds"], st["seconds"] / vcpus)
+                                                   for st in slots.stages), rel=1e-12)
+    assert slots.instance_hours == pytest.approx(slots.wall_seconds / 3600.0)
+    assert one.wall_seconds == pytest.approx(one.lambda_wall_seconds)
+    assert slots.ec2_usd == pytest.approx(slots.instance_hours * INSTANCES["c7g.4xlarge"]["hourly"])
+    with pytest.raises(ValueError, match="concurrency"):
+        estimate(fake_plan(), prices=prices, puts=16, concurrency=0)
+    with pytest.raises(PriceError, match="lambda_memory_mb"):
+        project_full_cycle(prices=prices, lambda_memory_mb=64)
+
+
+def test_assumption_overrides_are_validated():
+    for bad in ({"lambda_concurrency": 0}, {"lambda_concurrency": 2.5}, {"vcpu_speed": 0}, {"granules_per_lambda_task": 0},
+                {"s3_worker_mb_per_second": 0}):
+        with pytest.raises(PriceError, match=next(iter(bad))):
+            load_prices(bad)
+    assert load_prices({"assumptions": {"vcpu_speed": 0.5}}).vcpu_speed == 0.5
+
+
+# --- the benchmark, reduced, counted again from moto's own request log ------------------------------
+
+
+def test_reduced_benchmark_counts_match_moto_request_log(tmp_path):
+    from helpers import load_benchmark
+
+    bench = load_benchmark("s3_requests")
+    log = tmp_path / "moto.log"
+    runs, summaries = bench.measure(("quick",), ["h5coro"], 0.0, limit=bench.QUICK_GRANULES, moto_log_copy=log)
+    (run,), (summary,) = runs, summaries
+    assert not run.error, run.error
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    lines = re.findall(r'"([A-Z]+) (/\S*) HTTP/1\.1" (\d{3})', text)
+    store = run.store.removeprefix("s3://out/")
+
+    def count(method: str, pattern: str) -> int:
+        return sum(1 for m, path, _ in lines if m == method and re.fullmatch(pattern, path))
+
+    granule_gets = count("GET", r"/granules/[^/?]+\.h5")
+    assert granule_gets == sum(p["gets"] for p in run.granule_points) == summary["granule_stage"]["granule_gets"] > 0
+    n_g = len(run.granule_points)
+    assert 1 <= n_g <= bench.QUICK_GRANULES
+    assert count("PUT", rf"/out/{re.escape(store)}\.partitions/[^/]+\.bin") == n_g
+    assert count("GET", rf"/out/{re.escape(store)}\.partitions/[^/]+\.bin") == summary["segments"]
+    assert count("PUT", rf"/out/{re.escape(store)}\.ledger/\d{{20}}-\d{{5}}\.json") == summary["tasks"] == len(
+        run.task_points)
+    # every request the proxy logged is a line of moto's log (which also holds the bucket creation and uploads)
+    start, end = run.moto_span  # the run's part of moto's log (it also holds the uploads and later reads)
+    run_lines = re.findall(r'"([A-Z]+) (/\S*) HTTP/1\.1" (\d{3})',
+                           re.sub(r"\x1b\[[0-9;]*m", "", log.read_bytes()[start:end].decode(errors="replace")))
+    assert len(run_lines) == len(run.requests) == summary["requests"]
+    out_lines = sum(1 for _, path, _ in run_lines if path.startswith("/out"))
+    assert out_lines == sum(1 for r in run.requests if r.bucket == "out")
+    granule_lines = sum(1 for _, path, _ in run_lines if path.startswith("/granules"))
+    assert granule_lines == sum(1 for r in run.requests if r.bucket == "granules")
+    assert summary["moto_log_matches"]

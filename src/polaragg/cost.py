@@ -442,7 +442,6 @@ class Workload:
     cell_rows: np.ndarray
     cell_listed: np.ndarray
     puts_per_task: int
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -751,7 +750,9 @@ def estimate(
     work = Workload(
         granule_granules=np.array([b[0] for b in blocks], dtype=np.float64),
         granule_rows=np.array([b[1] for b in blocks], dtype=np.float64),
-        cell_observations=expected * per_row, cell_segments=listed * figures.cell.segments_per_planned_pair,
+        # whole observations per task, as `polaragg plan` prints them (describe_plan)
+        cell_observations=np.array([round(r * per_row) for r in expected.tolist()], dtype=np.float64),
+        cell_segments=listed * figures.cell.segments_per_planned_pair,
         cell_reported=reported, cell_rows=expected, cell_listed=listed, puts_per_task=int(puts),
     )
     peak = max([int(getattr(t, "projected_bytes", 0) or 0) for t in tasks]
