@@ -119,7 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     print(describe_plan(plan, top=args.top, observations_per_row=default_calibration().observations_per_row))
     print()
-    print(estimate(plan, prices=load_prices(args.prices), executor=recipe.executor.name).format())
+    print(estimate(plan, prices=load_prices(args.prices), executor=recipe.executor.name, catalog=catalog).format())
     if args.map:
         from .viz import plot_parent_cells
 

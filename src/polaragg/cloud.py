@@ -158,7 +158,7 @@ def runtime_build_args() -> dict[str, str]:
 
     Lithops refuses a runtime whose Python minor version or Lithops version differs from the client's.
     Use Python >= 3.12: the 3.11 Lambda base image (Amazon Linux 2, glibc 2.26) gets no wheels of the
-    current pyproj/shapely releases.
+    numpy, h5py, pyarrow and pyproj releases polaragg needs (deploy/README.md).
     """
     args = {"PYTHON_VERSION": f"{sys.version_info[0]}.{sys.version_info[1]}"}
     try:

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from .catalog import Catalog
-from .cost import run_cost
+from .cost import puts_per_task, run_cost
 from .credentials import RunCredentials
 from .domain import ExecutorChoice
 from .executors import cubed_executor, preflight, remove_lithops_job_data
@@ -342,7 +342,7 @@ def _run_locked(job: _Job) -> RunSummary:
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
-        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=_puts_per_task(plan))
+        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan))
         finalize_store(store, {"run_summary": json.dumps({k: v for k, v in dataclasses.asdict(summary).items()
                                                           if k != "cost"}),
                                "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
@@ -631,14 +631,6 @@ def _begin_append(store: str, job: _Job) -> None:
     with warnings.catch_warnings():  # readers of the consolidated metadata (tasks, checks) see the new shapes
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
         zarr.consolidate_metadata(zstore)
-
-
-def _puts_per_task(plan: Plan) -> int:
-    """Objects a task writes: each variable's chunks at each of its orders, and its ledger record."""
-    schema = plan.schema
-    bins = plan.time.n - plan.stored_bins
-    time_chunks = -(-bins // (plan.time_chunk or plan.time.n))
-    return len(plan.task_orders) * (len(schema.per_bin) * time_chunks + len(schema.per_cell)) + 1
 
 
 def _time_attrs(plan: Plan) -> dict:
