@@ -274,10 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="only the preflight of a run: credentials, store and work_dir writable, executor "
                                      "reachable and matching; creates nothing")
-    p.add_argument("recipe")
-    p.add_argument("--store")
-    p.add_argument("--executor", choices=ALL_EXECUTORS)
-    p.add_argument("--workers", type=int)
+    p.add_argument("recipe", help="recipe file (YAML)")
+    p.add_argument("--store", default=None, help="output store path or URL (overrides the recipe)")
+    p.add_argument("--executor", choices=ALL_EXECUTORS, default=None, help=executor_help)
+    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: the number of cores)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("status", help="progress and failures (grouped by reason) of a store")

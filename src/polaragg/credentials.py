@@ -241,8 +241,7 @@ class CredentialSource:
             _parts(credentials)
             self._seen.extend(v for v in _secret_values(credentials) if v not in self._seen)
             self._current = dict(credentials)
-            self._expires_at = until
-            self._fetched_at = self._clock()
+            self._expires_at = until  # not a fetch: a snapshot near its margin is renewed at once
             self.generation += 1
             return True
 

@@ -144,6 +144,8 @@ def _writable(url: str, credentials: RunCredentials) -> tuple[Status, str]:
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise PreflightError(f"{url} cannot be made: {parent} is a file, not a folder")
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        raise PreflightError(f"{url} is not writable: {parent} is on a read-only file system")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PreflightError(f"{url} is not writable: no write permission on {parent}")
     return "ok", f"{path}: writable"
