@@ -48,11 +48,14 @@ def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path)
     ledger = tmp_path / "run.zarr.ledger"
     deadline = time.monotonic() + 120
     try:
-        # wait until a task has run in a worker (it wrote its record), so workers are busy
+        # wait until a task has run in a worker (a granule's partition or a cell's record), so workers are busy
+        partitions = tmp_path / "run.zarr.partitions"
         while time.monotonic() < deadline:
             for p in me.children(recursive=True):
                 seen.setdefault(p.pid, p)
-            if ledger.is_dir() and any(ledger.glob("*.json")) and len(seen) >= 2:
+            done = (ledger.is_dir() and any(ledger.glob("*.json"))) or (partitions.is_dir() and
+                                                                         any(partitions.glob("*.bin")))
+            if done and len(seen) >= 2:
                 break
             assert client.poll() is None, "the run ended before it could be killed"
             time.sleep(0.05)
