@@ -80,7 +80,8 @@ class SyntheticSource(_Model):
     seed: int = 0
     cycles: Annotated[list[Annotated[int, Field(ge=1, le=30)]], Field(min_length=1)] = [22]
     rgts: RgtRange | list[Annotated[int, Field(ge=1, le=1387)]] = RgtRange()
-    regions: list[Literal[10, 11, 12]] = [10, 11, 12]
+    # ATL06 regions: 10, 11, 12 over Antarctica; 3, 4, 5 over Greenland (one hemisphere per source)
+    regions: list[Literal[3, 4, 5, 10, 11, 12]] = [10, 11, 12]
     bbox: tuple[float, float, float, float] | None = None
     weak_beam_dropout: Annotated[float, Field(ge=0, le=1)] = 0.1
     cloud_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
@@ -149,7 +150,8 @@ class Aoi(_Model):
     bbox: tuple[float, float, float, float] | None = None
     polygon: list[tuple[float, float]] | None = None
     basins: Annotated[list[str | int], Field(min_length=1)] | None = None
-    outline: bool = False
+    # an ice sheet's outline: `antarctica` (or true) or `greenland`
+    outline: bool | Literal["antarctica", "greenland"] = False
     geojson: str | None = None
     crs: str | None = None
 
