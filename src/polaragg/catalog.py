@@ -53,6 +53,21 @@ class CatalogError(ValueError):
     """Granule records or a catalog file that cannot be used."""
 
 
+# An orbit's 14 ATL06 regions: 1-7 from the equator over the north (3 = 59.5N -> 80N ascending, 4 = the
+# north-pole cap, 5 = 80N -> 59.5N descending: Greenland), 8-14 over the south (10, 11, 12: Antarctica).
+NORTH_REGIONS = frozenset(range(1, 8))
+SOUTH_REGIONS = frozenset(range(8, 15))
+
+
+def region_hemisphere(region: int) -> str:
+    """"north" or "south" for an ATL06 region number (ValueError outside 1-14)."""
+    if region in NORTH_REGIONS:
+        return "north"
+    if region in SOUTH_REGIONS:
+        return "south"
+    raise ValueError(f"ATL06 region {region} is not one of 1-14")
+
+
 class AccessFallbackWarning(UserWarning):
     """Granules without a direct-access (s3) URL are read over https instead."""
 
@@ -167,6 +182,11 @@ class Catalog:
                                  "expected_rows": np.empty(0)})
         return pd.DataFrame({"cell": np.concatenate(cells), "row": np.concatenate(rows),
                              "expected_rows": np.concatenate(expected)})
+
+    def hemispheres(self) -> set[str]:
+        """Hemispheres of the granules whose footprints cross the AOI, from their region numbers."""
+        crossing = self.granules[self.granules.parent_cells.map(len) > 0]
+        return {region_hemisphere(int(r)) for r in crossing.region}
 
     def time_spans(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each granule's cycle and [begin, end] as ATL06 delta_time (UTC seconds since 2018-01-01)."""

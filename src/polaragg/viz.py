@@ -1,10 +1,11 @@
-"""Polar stereographic (EPSG:3031) maps of per-cell HEALPix variables, with matplotlib (Agg) and pyproj.
+"""Polar stereographic maps of per-cell HEALPix variables, with matplotlib (Agg) and pyproj: EPSG:3031 for
+cells in the south, EPSG:3413 for cells in the north (picked from the cells unless given).
 
 No cartopy (it downloads Natural Earth at run time): cell polygons come from
-``healpix_geo.nested.vertices(..., ellipsoid="WGS84")``, are projected vertex-wise to EPSG:3031 and drawn as
-one ``PolyCollection``; basin outlines, the grounded-ice outline and the Natural Earth coastline are the
+``healpix_geo.nested.vertices(..., ellipsoid="WGS84")``, are projected vertex-wise and drawn as one
+``PolyCollection``; basin outlines, the ice-sheet outline and (south) the Natural Earth coastline are the
 shipped geometries of :mod:`polaragg.aoi`. Axes are in km; in EPSG:3031 longitude 0 points up (+y) and 90 E
-right (+x).
+right (+x); in EPSG:3413 longitude 45 W points down (-y).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from . import aoi
 
 DPI = 120
+CRS = {"south": "EPSG:3031", "north": "EPSG:3413"}
 
 
 class VariableNotFoundError(KeyError, ValueError):
@@ -47,10 +49,20 @@ def _check_cells(cell_ids: Any, level: int) -> np.ndarray:
     return ids
 
 
-def cell_polygons_xy(cell_ids: Any, level: int, step: int = 1) -> np.ndarray:
-    """Vertices of nested HEALPix cells projected to EPSG:3031, metres, shape ``(n, 4 * step, 2)``.
+def hemisphere_of_cells(cell_ids: Any, level: int) -> str:
+    """"north" or "south": where most of the cells' centres lie (south for no cells)."""
+    from healpix_geo.nested import healpix_to_lonlat
 
-    ``step`` > 1 adds points along each edge (useful for large, low-order cells).
+    ids = _check_cells(cell_ids, level)
+    if ids.size == 0:
+        return "south"
+    _, lat = healpix_to_lonlat(ids, int(level), ellipsoid="WGS84")
+    return "north" if np.count_nonzero(np.asarray(lat) > 0) * 2 > ids.size else "south"
+
+
+def cell_polygons_xy(cell_ids: Any, level: int, step: int = 1, hemisphere: str = "south") -> np.ndarray:
+    """Vertices of nested HEALPix cells projected to EPSG:3031 (south) or EPSG:3413 (north), metres, shape
+    ``(n, 4 * step, 2)``. ``step`` > 1 adds points along each edge (useful for large, low-order cells).
     """
     from healpix_geo.nested import vertices
 
@@ -58,7 +70,7 @@ def cell_polygons_xy(cell_ids: Any, level: int, step: int = 1) -> np.ndarray:
     if ids.size == 0:
         return np.empty((0, 4 * step, 2))
     lon, lat = vertices(ids, int(level), ellipsoid="WGS84", step=step)
-    tr = aoi._transformer(aoi.LONLAT, aoi.POLAR_STEREO)
+    tr = aoi._transformer(aoi.LONLAT, CRS[hemisphere])
     x, y = tr.transform(np.ravel(lon), np.ravel(lat))
     return np.stack([np.reshape(x, np.shape(lon)), np.reshape(y, np.shape(lon))], axis=-1)
 
@@ -79,7 +91,7 @@ def _rings_xy(geom: Any) -> list[np.ndarray]:
 
 
 # --- figure helpers -----------------------------------------------------------------------------------------
-def _new_axes(title: str, extent: tuple[float, float, float, float], colorbar: bool):
+def _new_axes(title: str, extent: tuple[float, float, float, float], colorbar: bool, hemisphere: str = "south"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -93,43 +105,67 @@ def _new_axes(title: str, extent: tuple[float, float, float, float], colorbar: b
     ax.set_aspect("equal")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
-    ax.set_xlabel("x (km, EPSG:3031)")
-    ax.set_ylabel("y (km, EPSG:3031)")
+    ax.set_xlabel(f"x (km, {CRS[hemisphere]})")
+    ax.set_ylabel(f"y (km, {CRS[hemisphere]})")
     if title:
         ax.set_title(title)
     return fig, ax
 
 
-def _draw_context(ax, *, outline: bool, basins: bool) -> None:
+def _context(hemisphere: str) -> tuple[list, Any, Any]:
+    """(basin geometries, ice-sheet outline, coastline or None) of a hemisphere, in its map's metres."""
+    if hemisphere == "south":
+        return (list(aoi.basins(polar_stereo=True).values()), aoi.outline(polar_stereo=True),
+                aoi.coastline(polar_stereo=True))
+    to_xy = getattr(aoi, "to_polar_stereo_north", None)
+    outline_of = getattr(aoi, "greenland_outline", None)
+    basins_of = getattr(aoi, "greenland_basins", None)
+    if to_xy is None or outline_of is None:
+        return [], None, None
+    basins = [to_xy(g) for g in basins_of().values()] if basins_of is not None else []
+    return basins, to_xy(outline_of()), None
+
+
+def _draw_context(ax, *, outline: bool, basins: bool, hemisphere: str = "south") -> None:
     from matplotlib.collections import LineCollection
 
-    if basins:
-        rings = [r for g in aoi.basins(polar_stereo=True).values() for r in _rings_xy(g)]
+    basin_geoms, sheet, coast_geom = _context(hemisphere)
+    if basins and basin_geoms:
+        rings = [r for g in basin_geoms for r in _rings_xy(g)]
         ax.add_collection(LineCollection(rings, colors="0.55", linewidths=0.4, zorder=3), autolim=False)
     if outline:
-        coast = _rings_xy(aoi.coastline(polar_stereo=True))
-        dashed = (0, (3, 2))
-        ax.add_collection(
-            LineCollection(coast, colors="0.3", linewidths=0.5, linestyles=dashed, zorder=4), autolim=False
-        )
-        grounded = _rings_xy(aoi.outline(polar_stereo=True))
-        ax.add_collection(LineCollection(grounded, colors="black", linewidths=0.8, zorder=4), autolim=False)
+        if coast_geom is not None:
+            coast = _rings_xy(coast_geom)
+            dashed = (0, (3, 2))
+            ax.add_collection(
+                LineCollection(coast, colors="0.3", linewidths=0.5, linestyles=dashed, zorder=4), autolim=False
+            )
+        if sheet is not None:
+            grounded = _rings_xy(sheet)
+            ax.add_collection(LineCollection(grounded, colors="black", linewidths=0.8, zorder=4), autolim=False)
 
 
-@lru_cache(maxsize=1)
-def _continent_extent() -> tuple[float, float, float, float]:
+@lru_cache(maxsize=2)
+def _continent_extent(hemisphere: str = "south") -> tuple[float, float, float, float] | None:
     import shapely
 
-    b = shapely.union_all([aoi.outline(polar_stereo=True), aoi.coastline(polar_stereo=True)]).bounds
+    _, sheet, coast = _context(hemisphere)
+    parts = [g for g in (sheet, coast) if g is not None]
+    if not parts:
+        return None
+    b = shapely.union_all(parts).bounds
     return b[0] / 1e3, b[2] / 1e3, b[1] / 1e3, b[3] / 1e3
 
 
 def _extent(
-    verts_km: np.ndarray, *, whole_continent: bool, margin: float
+    verts_km: np.ndarray, *, whole_continent: bool, margin: float, hemisphere: str = "south"
 ) -> tuple[float, float, float, float]:
     """Map extent (km): bounding box of the cells (or continent) padded by ``margin`` x its longer side."""
-    if whole_continent or verts_km.size == 0:
-        x0, x1, y0, y1 = _continent_extent()
+    continent = _continent_extent(hemisphere) if whole_continent or verts_km.size == 0 else None
+    if continent is not None:
+        x0, x1, y0, y1 = continent
+    elif verts_km.size == 0:
+        x0, x1, y0, y1 = -1000.0, 1000.0, -1000.0, 1000.0
     else:
         x0, x1 = float(verts_km[..., 0].min()), float(verts_km[..., 0].max())
         y0, y1 = float(verts_km[..., 1].min()), float(verts_km[..., 1].max())
@@ -167,8 +203,10 @@ def plot_cells(
     vmax: float | None = None,
     margin: float = 0.05,
     dpi: int = DPI,
+    hemisphere: str | None = None,
 ) -> Path:
-    """Map one value per cell (nested HEALPix ids at ``level``) in EPSG:3031; writes a PNG, returns its path.
+    """Map one value per cell (nested HEALPix ids at ``level``) in EPSG:3031, or EPSG:3413 for cells in the
+    north (``hemisphere``: picked from the cells unless given); writes a PNG, returns its path.
 
     Cells are filled polygons coloured by ``values`` (NaN cells in ``nan_color``, or not drawn if it is None),
     over thin grey basin outlines (``basins``) and the grounded-ice outline in black plus the Natural Earth
@@ -186,9 +224,10 @@ def plot_cells(
         keep = np.isfinite(vals)
         ids, vals = ids[keep], vals[keep]
 
-    verts = cell_polygons_xy(ids, level, step=_edge_step(int(level))) / 1e3
-    extent = _extent(verts, whole_continent=whole_continent, margin=margin)
-    fig, ax = _new_axes(title, extent, colorbar=True)
+    hemisphere = hemisphere or hemisphere_of_cells(ids, level)
+    verts = cell_polygons_xy(ids, level, step=_edge_step(int(level)), hemisphere=hemisphere) / 1e3
+    extent = _extent(verts, whole_continent=whole_continent, margin=margin, hemisphere=hemisphere)
+    fig, ax = _new_axes(title, extent, colorbar=True, hemisphere=hemisphere)
     finite = vals[np.isfinite(vals)]
     lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
     hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
@@ -211,7 +250,7 @@ def plot_cells(
         zorder=2,
     )
     ax.add_collection(pc, autolim=False)
-    _draw_context(ax, outline=outline, basins=basins)
+    _draw_context(ax, outline=outline, basins=basins, hemisphere=hemisphere)
     fig.colorbar(pc, ax=ax, label=label, shrink=0.85)
     return _save(fig, out, dpi)
 
@@ -347,16 +386,17 @@ def plot_parent_cells(
     outline: bool = True,
     basins: bool = True,
     dpi: int = DPI,
+    hemisphere: str | None = None,
 ) -> Path:
     """Plan map: outlines of (parent) cells over the continent; ``highlight`` (ids or boolean mask) filled.
-
-    Returns the PNG path.
+    EPSG:3031 or EPSG:3413 as for :func:`plot_cells`. Returns the PNG path.
     """
     from matplotlib.collections import PolyCollection
     from matplotlib.patches import Patch
 
     ids = _check_cells(parent_ids, level)
-    verts = cell_polygons_xy(ids, level, step=_edge_step(int(level))) / 1e3
+    hemisphere = hemisphere or hemisphere_of_cells(ids, level)
+    verts = cell_polygons_xy(ids, level, step=_edge_step(int(level)), hemisphere=hemisphere) / 1e3
     if highlight is None:
         hl = np.zeros(ids.shape, dtype=bool)
     else:
@@ -367,8 +407,9 @@ def plot_parent_cells(
             hl = h
         else:
             hl = np.isin(ids, _check_cells(h, level))
-    extent = _extent(verts, whole_continent=whole_continent, margin=0.04)
-    fig, ax = _new_axes(title or f"{len(ids):,} cells at HEALPix order {level}", extent, colorbar=False)
+    extent = _extent(verts, whole_continent=whole_continent, margin=0.04, hemisphere=hemisphere)
+    fig, ax = _new_axes(title or f"{len(ids):,} cells at HEALPix order {level}", extent, colorbar=False,
+                        hemisphere=hemisphere)
     ax.add_collection(
         PolyCollection(verts[~hl], facecolors="#c6dbef", edgecolors="#2171b5", linewidths=0.4, zorder=2),
         autolim=False,
@@ -381,12 +422,12 @@ def plot_parent_cells(
         )
         hl_label = f"highlighted ({int(hl.sum()):,})"
         handles.append(Patch(facecolor="#fd8d3c", edgecolor="#a63603", label=hl_label))
-    _draw_context(ax, outline=outline, basins=basins)
+    _draw_context(ax, outline=outline, basins=basins, hemisphere=hemisphere)
     ax.legend(handles=handles, loc="lower left", fontsize="small")
     return _save(fig, out, dpi)
 
 
 __all__ = [
-    "VariableNotFoundError", "cell_polygons_xy", "default_map_path", "plot_cells", "plot_parent_cells",
-    "plot_store",
+    "CRS", "VariableNotFoundError", "cell_polygons_xy", "default_map_path", "hemisphere_of_cells", "plot_cells",
+    "plot_parent_cells", "plot_store",
 ]
