@@ -115,23 +115,32 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     removed when the interpreter exits; later computes reuse them), Cubed's intermediates beside them, then each selected chunk is reduced from its partitions (on Dask only
     the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
     or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20 bytes per
-    observation (~36 with the change fit's x, y).
+    observation (~36 with the change fit's x, y). The recipe's credentials travel with the tasks as in
+    `run`; with a remote `work_dir` on Cubed, the store's become this session's s3fs defaults (Cubed opens
+    its intermediates without options).
     """
-    from .fs import fsspec_options
+    from .credentials import process_defaults, run_credentials
 
     recipe = _as_recipe(recipe)
-    plan = plan_recipe(recipe)
+    catalog = load_catalog(recipe)
+    plan = plan_recipe(recipe, catalog)
     work_dir = work_dir or recipe.executor.work_dir
+    needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
+    credentials = run_credentials(recipe.credentials, needs_granules, is_remote(work_dir or ""))
+    plan = dataclasses.replace(plan, storage_options=credentials.options("s3://", "granules"))
     if chunk_manager == "cubed" and spec is None:
         cubed_dir = f"{work_dir.rstrip('/')}/polaragg-cubed" if work_dir else None
+        options = credentials.options(cubed_dir, "store") if cubed_dir else None
         spec = default_spec(work_dir=cubed_dir, allowed_mem=recipe.executor.memory_bytes,
-                            storage_options=fsspec_options(cubed_dir) if cubed_dir else None)
+                            storage_options=process_defaults(options) if options is not None else None)
     if work_dir is None:
         work_dir = tempfile.mkdtemp(prefix="polaragg-partitions-")
         location = Location(work_dir)
         atexit.register(location.remove)
     else:
-        location = Location(os.path.join(work_dir, f"polaragg-partitions-{plan.partition_key}"))
+        url = f"{work_dir.rstrip('/')}/polaragg-partitions-{plan.partition_key}" if is_remote(work_dir) else \
+            os.path.join(work_dir, f"polaragg-partitions-{plan.partition_key}")
+        location = Location(url, storage_options=credentials.options(url, "store"))
     location.create()
     attrs = recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint())
     return dataset_from_plan(plan, location, chunk_manager, spec, attrs)
