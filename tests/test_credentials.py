@@ -174,3 +174,44 @@ def test_recipe_credentials_sections_are_validated():
         load_recipe({**base, "credentials": {"store": {"source": "client", "workers_refresh": True}}})
     with pytest.raises(RecipeError, match="credentials.granules.source"):
         load_recipe({**base, "credentials": {"granules": {"source": "nasa"}}})
+
+
+def _token_of_blob(blob: bytes) -> str:
+    return dict(pickle.loads(blob))["token"]
+
+
+def test_dask_workers_that_join_later_get_the_renewed_credentials(endpoint):
+    """A task pickled before a renewal, run on a worker that joined after it, uses the renewed credentials
+    (the push reaches late workers as a plugin), and they are the client's current ones."""
+    from distributed import Client, LocalCluster
+
+    from polaragg.executors import pushing_credentials
+
+    creds = cr.open_credentials(_earthdata(endpoint), "granules")
+    old_task = pickle.dumps(cr.S3Options({}, creds))
+    old_token = creds.s3fs()["token"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client, pushing_credentials(client, [creds]):
+        first = set(client.scheduler_info()["workers"])
+        deadline = time.time() + 10
+        while creds.s3fs()["token"] == old_token and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.5)  # a push interval or two after the renewal
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=60)
+        late = (set(client.scheduler_info()["workers"]) - first).pop()
+        got = client.submit(_token_of_blob, old_task, workers=[late], pure=False).result(timeout=60)
+        assert got != old_token and endpoint.valid_token(got)
+
+
+def test_the_latest_scope_of_a_prefix_wins():
+    from polaragg.fs import options_scope, scoped_options
+
+    first, second = cr.S3Options({"endpoint_url": "http://a"}), cr.S3Options({"endpoint_url": "http://b"})
+    store = cr.S3Options({"endpoint_url": "http://store"})
+    with options_scope({"s3://": first, "s3://bucket/store.zarr": store}):
+        with options_scope({"s3://": second}):
+            assert scoped_options("s3://nsidc/granule.h5") is second
+            assert scoped_options("s3://bucket/store.zarr.ledger/x.json") is store  # the longer prefix
+        assert scoped_options("s3://nsidc/granule.h5") is first
+    assert scoped_options("s3://nsidc/granule.h5") is None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .credentials import CredentialError, redact
 from .domain import Filters, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
@@ -128,13 +129,13 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
             with trial:
                 attempt = trial.retry_state.attempt_number
                 counts, rows, segments = _partition(ref, job, granule_bin)
-    except EndpointUnreachable:
+    except (EndpointUnreachable, CredentialError):  # the run stops: no granule after it could be read either
         raise
     except GranuleError as exc:
-        failure = GranuleFailure(ref.granule_id, exc.reason, exc.transient, attempt)
+        failure = GranuleFailure(ref.granule_id, _redacted(exc.reason, job), exc.transient, attempt)
         return _failed(ref, job, failure, (start, cpu), projected_bytes, source)
     except Exception as exc:  # a corrupt file can fail anywhere inside the HDF5 library
-        failure = GranuleFailure(ref.granule_id, f"{type(exc).__name__}: {exc}", False, attempt)
+        failure = GranuleFailure(ref.granule_id, _redacted(f"{type(exc).__name__}: {exc}", job), False, attempt)
         return _failed(ref, job, failure, (start, cpu), projected_bytes, source)
     job.location.write_rows(ref.granule_id, segments, rows)
     record = GranuleRecord(granule=ref.granule_id, key=job.key, status="ok", source=source, segments=segments,
@@ -143,6 +144,16 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
                            peak_memory_bytes=peak_bytes(), projected_memory_bytes=projected_bytes, **counts)
     job.location.write_record(record)
     return record
+
+
+def _redacted(reason: str, job: PartitionJob) -> str:
+    """A failure reason without any secret of the credentials the task carries."""
+    secrets = []
+    for options in (job.storage_options, job.location.storage_options):
+        creds = getattr(options, "credentials", None)
+        if creds is not None:
+            secrets += creds.secrets()
+    return redact(reason, secrets) if secrets else reason
 
 
 def _failed(ref: GranuleRef, job: PartitionJob, failure: GranuleFailure, started: tuple[float, float],

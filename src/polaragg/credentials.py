@@ -309,10 +309,14 @@ class EarthdataFetcher:
     def _once(self, host: str) -> dict[str, Any]:
         request = urllib.request.Request(self.endpoint, headers={"Authorization": f"Bearer {self.token}",
                                                                  "Accept": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+        try:  # never followed: a redirect would carry the token to another host (a login page, say)
+            with _NO_REDIRECTS.open(request, timeout=self.timeout_s) as response:
                 body = response.read(1_000_000)
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:
+                raise CredentialError(f"{host} redirected the request (HTTP {exc.code}) instead of answering with "
+                                      f"credentials: the Earthdata login token in ${self.token_env} was not "
+                                      "accepted; create a new one at https://urs.earthdata.nasa.gov") from None
             if exc.code in (401, 403):
                 raise CredentialError(f"{host} refused the Earthdata login token in ${self.token_env} (HTTP "
                                       f"{exc.code}): create a new one at https://urs.earthdata.nasa.gov") from None
@@ -327,6 +331,19 @@ class EarthdataFetcher:
             raise CredentialError(f"{host} did not answer with S3 credentials (is {self.endpoint} an "
                                   "s3credentials endpoint?)") from None
         return SecretDict(answer)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None  # the 3xx surfaces as an HTTPError
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_NoRedirect)
+
+
+def _https_or_local(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 class _HTTPFailure(CredentialError):
@@ -373,13 +390,20 @@ class TaskCredentials:
     """
 
     def __init__(self, name: SetName, source: CredentialSource, *, worker_fetch: Callable[[], Mapping] | None = None,
-                 ident: str | None = None) -> None:
+                 ident: str | None = None, remote: bool = False) -> None:
         self.name = name
         self.ident = ident or uuid.uuid4().hex
         self._source = source
         self._worker_fetch = worker_fetch
+        self.remote = remote  # unpickled away from the client (a worker, a scheduler)
         with _LIVE_LOCK:
             _LIVE.setdefault(self.ident, self)
+
+    def forget(self) -> None:
+        """Drop this set from the process's registry (the client, once its run is over)."""
+        with _LIVE_LOCK:
+            if _LIVE.get(self.ident) is self:
+                del _LIVE[self.ident]
 
     def current(self) -> dict[str, Any]:
         try:
@@ -413,11 +437,11 @@ class TaskCredentials:
     def __reduce__(self):
         try:
             current, expiry = self.snapshot()
-        except CredentialError:  # a process that cannot renew them (a Dask scheduler) passes on what it has
-            current = self._source.last()
-            if current is None:
+        except CredentialError:
+            current = self._source.last() if self.remote else None
+            if current is None:  # the client stops here: it could not renew them
                 raise
-            expiry = credentials_expiry(current)
+            expiry = credentials_expiry(current)  # a Dask scheduler passes on the newest it holds
         return (_restore, (self.ident, self.name, current, expiry, self._worker_fetch, self._source.margin_s))
 
     def __repr__(self) -> str:
@@ -446,10 +470,11 @@ def _restore(ident: str, name: SetName, current: dict, expiry: float | None,
         # Without a fetcher this process waits for newer snapshots (later tasks, pushes) until expiry.
         fetch = worker_fetch if worker_fetch is not None else _CannotRenew(name)
         source = CredentialSource(fetch, margin_s=margin_s if worker_fetch is not None else 0.0)
-        live = TaskCredentials(name, source, worker_fetch=worker_fetch, ident=ident)
+        live = TaskCredentials(name, source, worker_fetch=worker_fetch, ident=ident, remote=True)
         with _LIVE_LOCK:
             live = _LIVE.setdefault(ident, live)
-    live._source.offer(current, expiry)
+    if live.remote:  # the client's own set renews from its source; a snapshot of it adds nothing
+        live._source.offer(current, expiry)
     return live
 
 
@@ -482,6 +507,9 @@ def open_credentials(config: "CredentialsConfig", name: SetName) -> TaskCredenti
         if not token:
             raise CredentialError(f"credentials.{name}: source earthdata needs an Earthdata login token in "
                                   f"${config.token_env} (create one at https://urs.earthdata.nasa.gov)")
+        if not _https_or_local(config.endpoint_url):
+            raise CredentialError(f"credentials.{name}.endpoint {config.endpoint_url} is not https: the Earthdata "
+                                  "login token is sent only over https (or to this machine)")
         fetch = EarthdataFetcher(config.endpoint_url, token, config.token_env)
         worker_fetch = fetch if config.workers_refresh else None
     quiet_credential_loggers()
@@ -503,19 +531,16 @@ class S3Options(dict):
     def __init__(self, static: Mapping[str, Any] | None = None, credentials: TaskCredentials | None = None) -> None:
         super().__init__({k: v for k, v in (static or {}).items() if k not in self._SECRET_KEYS})
         self.credentials = credentials
-        self._sync()
+        self._lock = threading.Lock()
+        for k in self._SECRET_KEYS:  # explicitly none until synced: the process's s3fs defaults never apply
+            dict.__setitem__(self, k, None)
 
     def _sync(self) -> None:
-        if self.credentials is None:  # explicitly none: the process's defaults (`process_defaults`) do not apply
-            for k in self._SECRET_KEYS:
-                dict.__setitem__(self, k, None)
+        if self.credentials is None:
             return
         fresh = self.credentials.s3fs()
-        for k in self._SECRET_KEYS:
-            if k in fresh:
-                dict.__setitem__(self, k, fresh[k])
-            else:
-                dict.pop(self, k, None)
+        with self._lock:  # the three change together
+            dict.update(self, {k: fresh.get(k) for k in self._SECRET_KEYS})
 
     def keys(self):
         self._sync()
@@ -558,7 +583,7 @@ class S3Options(dict):
         return (S3Options, (self.static(), self.credentials))
 
     def __repr__(self) -> str:
-        shown = {k: ("***" if k in self._SECRET_KEYS else v) for k, v in dict.items(self)}
+        shown = {k: ("***" if k in self._SECRET_KEYS and v else v) for k, v in dict.items(self)}
         return f"S3Options({shown!r})"
 
     __str__ = __repr__
@@ -621,10 +646,18 @@ class _ProcessDefaults(S3Options):
         return (_install_defaults, (self.static(), self.credentials))
 
 
+_REPLACED: dict[str, Any] = {}  # fsspec defaults that process_defaults replaced, restored by clear_process_defaults
+
+
 def _install_defaults(static: dict, credentials: TaskCredentials | None) -> S3Options:
     import fsspec.config
 
-    options = _ProcessDefaults(static, credentials)
+    for protocol in ("s3", "s3a"):
+        previous = fsspec.config.conf.get(protocol)
+        if previous is not None and not isinstance(previous, _ProcessDefaults):
+            _REPLACED[protocol] = previous
+    merged = {**dict(_REPLACED.get("s3") or {}), **static}
+    options = _ProcessDefaults(merged, credentials)
     for protocol in ("s3", "s3a"):
         fsspec.config.conf[protocol] = options
     return options
@@ -645,3 +678,5 @@ def clear_process_defaults() -> None:
     for protocol in ("s3", "s3a"):
         if isinstance(fsspec.config.conf.get(protocol), _ProcessDefaults):
             del fsspec.config.conf[protocol]
+            if protocol in _REPLACED:
+                fsspec.config.conf[protocol] = _REPLACED.pop(protocol)

@@ -93,6 +93,8 @@ def pushing_credentials(client, credentials: Sequence[TaskCredentials]) -> Itera
     if not credentials:
         yield
         return
+    from .dask_plugin import CredentialsPlugin
+
     stop = threading.Event()
     seen = {c.ident: c.generation for c in credentials}
 
@@ -101,9 +103,13 @@ def pushing_credentials(client, credentials: Sequence[TaskCredentials]) -> Itera
             for c in credentials:
                 try:
                     c.current()  # refreshed here when due
-                    if c.generation != seen[c.ident]:
-                        client.run(receive, c)
-                        seen[c.ident] = c.generation
+                    generation = c.generation
+                    if generation != seen[c.ident]:
+                        # a worker plugin reaches the workers there are and those that join later; the
+                        # scheduler, which re-sends tasks it holds, gets them too
+                        client.register_plugin(CredentialsPlugin(c), name=f"polaragg-credentials-{c.ident}")
+                        client.run_on_scheduler(receive, c)
+                        seen[c.ident] = generation
                 except Exception as exc:  # noqa: BLE001 - retried at the next tick; tasks report what fails
                     logger.warning("could not send refreshed credentials.%s to the workers: %s", c.name,
                                    type(exc).__name__)

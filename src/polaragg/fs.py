@@ -50,9 +50,9 @@ _SCOPES_LOCK = threading.Lock()
 
 def scoped_options(url: str) -> Mapping | None:
     """The options a run in progress set for `url` (longest matching prefix), or None."""
-    with _SCOPES_LOCK:
-        matches = [(len(p), o) for p, o in _SCOPES if url.startswith(p)]
-    return max(matches, key=lambda m: m[0])[1] if matches else None
+    with _SCOPES_LOCK:  # the longest prefix; of equal ones, the latest entered
+        matches = [(len(p), i, o) for i, (p, o) in enumerate(_SCOPES) if url.startswith(p)]
+    return max(matches, key=lambda m: m[:2])[2] if matches else None
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ def preflight(recipe: Recipe, store: str, choice: ExecutorChoice, credentials: R
             checks.append((f"credentials.{which}", lambda w=which: _credentials(recipe, credentials, w)))
     checks.append(("store", lambda: _writable(store, credentials)))
     if recipe.executor.work_dir:
-        checks.append(("executor.work_dir", lambda: _writable(recipe.executor.work_dir, credentials)))
+        checks.append(("executor.work_dir", lambda: _writable(recipe.executor.work_dir, credentials, inside=True)))
     checks.append(("open files", lambda: _open_files(choice)))
     checks.append((f"executor {choice.name}", lambda: _executor(choice)))
     return [_checked(name, check, credentials) for name, check in checks]
@@ -120,7 +120,8 @@ def _credentials(recipe: Recipe, credentials: RunCredentials, which: str) -> tup
     return "ok", f"{config.source}: obtained, valid {left:.0f} s more (renewed {config.refresh_margin_s:g} s before)"
 
 
-def _writable(url: str, credentials: RunCredentials) -> tuple[Status, str]:
+def _writable(url: str, credentials: RunCredentials, inside: bool = False) -> tuple[Status, str]:
+    """`inside`: the run writes under the prefix (a work_dir), else beside it (a store and its ledger)."""
     if url.startswith(("s3://", "s3a://")):
         import fsspec
 
@@ -128,13 +129,26 @@ def _writable(url: str, credentials: RunCredentials) -> tuple[Status, str]:
 
         options = credentials.options(url, "store")
         fs, path = fsspec.core.url_to_fs(url, **fsspec_options(url, options))
-        probe = f"{path.rstrip('/')}.preflight-{uuid.uuid4().hex[:12]}"
+        name = f"polaragg-preflight-{uuid.uuid4().hex[:12]}"
+        probe = f"{path.rstrip('/')}/{name}" if inside or "/" not in path.strip("/") else \
+            f"{path.rstrip('/')}.{name}"
+        written = False
         try:
             fs.pipe_file(probe, b"")
+            written = True
         except Exception as exc:  # noqa: BLE001
             raise PreflightError(f"{url} is not writable ({type(exc).__name__}: {_one_line(exc)}); check the bucket "
                                  "name and that the store's credentials may write there") from None
-        fs.rm_file(probe)
+        finally:
+            try:
+                fs.rm_file(probe)
+            except FileNotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                if written:
+                    raise PreflightError(f"the probe object s3://{probe} was written but cannot be deleted "
+                                         f"({type(exc).__name__}); the run deletes its intermediates: grant "
+                                         "s3:DeleteObject, and remove the probe") from None
         return "ok", f"{url}: a probe object was written and deleted"
     if "://" in url and not url.startswith("file://"):
         return "warning", f"{url}: not checked (only local folders and s3:// are)"
@@ -226,12 +240,16 @@ def _dask_scheduler(choice: ExecutorChoice) -> tuple[Status, str]:
         if not workers:
             raise PreflightError(f"the Dask scheduler at {choice.address} has no workers; start some")
         mine = runtime_versions()
-        for address, theirs in client.run(runtime_versions).items():
+        for address, theirs in client.sync(client._run, runtime_versions,  # bounded: a hung worker fails the check
+                                           callback_timeout=SCHEDULER_TIMEOUT_S * 2).items():
             problem = version_mismatch(mine, theirs, f"Dask worker {address}")
             if problem:
                 raise PreflightError(problem)
         if choice.allowed_mem:
-            smallest = min(workers.items(), key=lambda kv: kv[1].get("memory_limit") or float("inf"))
+            def per_thread(info: dict) -> float:
+                return (info.get("memory_limit") or float("inf")) / (info.get("nthreads") or 1)
+
+            smallest = min(workers.items(), key=lambda kv: per_thread(kv[1]))
             limit = smallest[1].get("memory_limit") or 0
             threads = smallest[1].get("nthreads") or 1
             if limit and limit / threads < choice.allowed_mem:

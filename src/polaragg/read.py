@@ -439,9 +439,11 @@ class S3ReadError(OSError):
 
 _S3_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NotFound", "404"}
 _S3_DENIED = {
-    "AccessDenied", "Forbidden", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+    "AccessDenied", "Forbidden", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+    "AllAccessDisabled", "AccountProblem",
 }
+# Credentials that expired in flight: a retry opens the granule again with the renewed ones.
+_S3_EXPIRED = {"ExpiredToken", "TokenRefreshRequired", "RequestExpired"}
 _S3_TRANSIENT = {
     "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
     "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded", "RequestTimeout",
@@ -467,6 +469,8 @@ def classify_s3_error(exc: BaseException, bucket: str, key: str) -> S3ReadError:
             return S3ReadError(f"bucket not found ({where}: NoSuchBucket)", transient=False)
         if code in _S3_NOT_FOUND or status == 404:
             return S3ReadError(f"object not found ({where}: {code or status})", transient=False)
+        if code in _S3_EXPIRED:
+            return S3ReadError(f"credentials expired ({where}: {code})", transient=True)
         if code in _S3_DENIED or status == 403:
             return S3ReadError(f"access denied ({where}: {code or status})", transient=False)
         if code in _S3_TRANSIENT or status in (429, 500, 502, 503, 504):

@@ -187,6 +187,11 @@ def run(
         return _run(recipe, store, choice, resume, overwrite, append, progress, stream, start, scopes)
 
 
+def _forget_when_done(scopes: contextlib.ExitStack, credentials: RunCredentials) -> None:
+    for held in credentials.sets():
+        scopes.callback(held.forget)
+
+
 def _choice(recipe: Recipe, executor: str | None, max_workers: int | None) -> ExecutorChoice:
     return ExecutorChoice(executor or recipe.executor.name, max_workers or recipe.executor.max_workers,
                           lambda_options=recipe.executor.aws_lambda, coiled_options=recipe.executor.coiled,
@@ -235,6 +240,7 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
 
     work_dir = recipe.executor.work_dir or ""
     credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+    _forget_when_done(scopes, credentials)
     if credentials.store is not None:
         require([credentials_check(recipe, credentials, "store")])
     scopes.enter_context(options_scope(credentials.scopes([store.rstrip("/"), work_dir.rstrip("/")])))
@@ -259,6 +265,7 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
     catalog = load_catalog(recipe)
     if catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any():
         credentials = dataclasses.replace(credentials, granules=run_credentials(recipe.credentials, True, False).granules)
+        _forget_when_done(scopes, dataclasses.replace(credentials, store=None))
         scopes.enter_context(options_scope({k: v for k, v in credentials.scopes([]).items()}))
     if append:
         plan, inputs = _append_plan(recipe, catalog, store, choice)
@@ -523,15 +530,20 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
         # Cubed opens its work_dir's Zarr arrays without storage options: the store's credentials reach them
         # as the s3fs defaults of the client and of every worker its operations are unpickled in.
         options = work.storage_options if work is not None and isinstance(work.storage_options, S3Options) else None
-        spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
-                            in_process=in_process, storage_options=process_defaults(options) if options else None)
         try:
+            spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
+                                in_process=in_process, storage_options=process_defaults(options) if options else None)
             arr = run_array(plan, location, target, "cubed", spec)
             result = arr.compute(executor=cubed_executor(choice))
         finally:
             if options is not None:
                 clear_process_defaults()
-            remove_lithops_job_data(choice)  # the tasks' payloads carried credentials
+            try:
+                remove_lithops_job_data(choice)  # the tasks' payloads carried credentials
+            except Exception as exc:  # noqa: BLE001 - never hides the compute's own outcome
+                warnings.warn(f"could not delete Lithops' job data of this run ({type(exc).__name__}): its "
+                              "payloads hold credentials; delete lithops.jobs/ in its storage bucket",
+                              PolaraggWarning, stacklevel=2)
         if work is not None and not in_process:
             work.remove()  # only a folder polaragg marked as its own
         return result
