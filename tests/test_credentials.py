@@ -215,3 +215,25 @@ def test_the_latest_scope_of_a_prefix_wins():
             assert scoped_options("s3://bucket/store.zarr.ledger/x.json") is store  # the longer prefix
         assert scoped_options("s3://nsidc/granule.h5") is first
     assert scoped_options("s3://nsidc/granule.h5") is None
+
+
+def test_long_term_keys_never_leave_the_client(s3_env, monkeypatch):
+    """Tasks pickled to other processes carry STS session credentials (from the local S3/STS server), not
+    the client's long-term keys; in-process executors use the keys as they are."""
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIALONGTERMKEY00001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "long-term-secret-" + uuid.uuid4().hex)
+    secret = __import__("os").environ["AWS_SECRET_ACCESS_KEY"]
+    here = cr.open_credentials(CredentialsConfig(), "store")
+    assert here.s3fs()["secret"] == secret
+    sent = cr.open_credentials(CredentialsConfig(), "store", leaves_client=True)
+    session = sent.s3fs()
+    assert session["key"] != "AKIALONGTERMKEY00001" and session["secret"] != secret and session["token"]
+    assert sent.expires_at is not None and sent.expires_at < time.time() + cr.SESSION_SECONDS + 60
+    blob = pickle.dumps(cr.S3Options({}, sent))
+    assert secret.encode() not in blob and b"AKIALONGTERMKEY00001" not in blob
+    import boto3
+
+    # the session credentials work against the S3 server
+    boto3.client("s3", aws_access_key_id=session["key"], aws_secret_access_key=session["secret"],
+                 aws_session_token=session["token"]).list_buckets()

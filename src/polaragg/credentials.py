@@ -373,6 +373,35 @@ def client_chain() -> dict[str, Any]:
     return SecretDict(out)
 
 
+SESSION_SECONDS = 3600  # lifetime of the session credentials that stand in for long-term keys
+
+
+def client_session() -> dict[str, Any]:
+    """The client's chain as temporary credentials: long-term keys (no session token) are exchanged for
+    session credentials (STS GetSessionToken, an hour), so no permanent key leaves the client inside a
+    task; credentials that are temporary already are used as they are."""
+    current = client_chain()
+    if current.get("AWS_SESSION_TOKEN"):
+        return current
+    import boto3
+    from botocore.config import Config
+
+    try:
+        sts = boto3.client("sts", aws_access_key_id=current["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=current["AWS_SECRET_ACCESS_KEY"],
+                           config=Config(connect_timeout=3, read_timeout=10, retries={"total_max_attempts": 3}))
+        issued = sts.get_session_token(DurationSeconds=SESSION_SECONDS)["Credentials"]
+    except Exception as exc:  # noqa: BLE001 - one line, without the keys
+        raise CredentialError(f"could not exchange this machine's long-term AWS keys for session credentials "
+                              f"(sts:GetSessionToken: {type(exc).__name__}); tasks are sent temporary credentials "
+                              "only: allow sts:GetSessionToken, use temporary credentials (SSO, a role), or set "
+                              "the set's source to worker") from None
+    expiration = issued["Expiration"]
+    return SecretDict({"AWS_ACCESS_KEY_ID": issued["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": issued["SecretAccessKey"],
+                       "AWS_SESSION_TOKEN": issued["SessionToken"],
+                       "expiration": expiration.isoformat() if isinstance(expiration, datetime) else str(expiration)})
+
+
 # ------------------------------------------------------------------------------------------------
 # Credentials that travel with tasks
 # ------------------------------------------------------------------------------------------------
@@ -494,14 +523,15 @@ class _CannotRenew:
                               "workers_refresh: true)")
 
 
-def open_credentials(config: "CredentialsConfig", name: SetName) -> TaskCredentials | None:
+def open_credentials(config: "CredentialsConfig", name: SetName, *, leaves_client: bool = False) -> TaskCredentials | None:
     """The credential set `config` describes, fetched once now (CredentialError, one line, if it cannot be);
-    None for `worker` and `anonymous` (nothing is sent)."""
+    None for `worker` and `anonymous` (nothing is sent). `leaves_client`: tasks are pickled to other
+    processes or machines, so the client's long-term keys are exchanged for session credentials."""
     if config.source in ("worker", "anonymous"):
         return None
     worker_fetch = None
     if config.source == "client":
-        fetch: Callable[[], Mapping] = client_chain
+        fetch: Callable[[], Mapping] = client_session if leaves_client else client_chain
     else:
         token = os.environ.get(config.token_env, "").strip()
         if not token:
@@ -631,11 +661,13 @@ class RunCredentials:
         return redact(text, self.secrets())
 
 
-def run_credentials(sections: Any, needs_granules: bool, needs_store: bool) -> RunCredentials:
-    """The run's credential sets (`recipe.credentials`), fetched now; a set no S3 URL needs is not opened."""
+def run_credentials(sections: Any, needs_granules: bool, needs_store: bool, *,
+                    leaves_client: bool = False) -> RunCredentials:
+    """The run's credential sets (`recipe.credentials`), fetched now; a set no S3 URL needs is not opened.
+    `leaves_client`: see `open_credentials`."""
     anonymous = frozenset(n for n in ("granules", "store") if getattr(sections, n).source == "anonymous")
-    granules = open_credentials(sections.granules, "granules") if needs_granules else None
-    store = open_credentials(sections.store, "store") if needs_store else None
+    granules = open_credentials(sections.granules, "granules", leaves_client=leaves_client) if needs_granules else None
+    store = open_credentials(sections.store, "store", leaves_client=leaves_client) if needs_store else None
     return RunCredentials(granules, store, anonymous)
 
 

@@ -46,6 +46,8 @@ MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record 
 # to balance, few enough that dispatch costs little); Lambda, Coiled and lithops-local run one each.
 GRANULE_TASKS_PER_WORKER = 4
 GROUPED_EXECUTORS = ("single-threaded", "threads", "processes", "dask", "dask-distributed")
+# Executors whose tasks run in the client's own process: their credentials are never pickled.
+IN_PROCESS_EXECUTORS = ("single-threaded", "threads", "dask")
 
 
 class PolaraggWarning(UserWarning):
@@ -126,7 +128,8 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     plan = plan_recipe(recipe, catalog)
     work_dir = work_dir or recipe.executor.work_dir
     needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
-    credentials = run_credentials(recipe.credentials, needs_granules, is_remote(work_dir or ""))
+    credentials = run_credentials(recipe.credentials, needs_granules, is_remote(work_dir or ""),
+                                  leaves_client=recipe.executor.name not in IN_PROCESS_EXECUTORS)
     plan = dataclasses.replace(plan, storage_options=credentials.options("s3://", "granules"))
     if chunk_manager == "cubed" and spec is None:
         cubed_dir = f"{work_dir.rstrip('/')}/polaragg-cubed" if work_dir else None
@@ -213,20 +216,28 @@ def check(recipe: Recipe | str, *, store: str | None = None, executor: str | Non
     work_dir = recipe.executor.work_dir or ""
     failed = []
     try:
-        credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+        credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir),
+                                      leaves_client=choice.name not in IN_PROCESS_EXECUTORS)
     except CredentialError as exc:
         credentials, failed = RunCredentials(), [Check("credentials.store", "failed", str(exc))]
     with options_scope(credentials.scopes([store.rstrip("/"), work_dir.rstrip("/")])):
-        catalog = load_catalog(recipe)
+        try:
+            catalog = load_catalog(recipe)
+        except Exception as exc:  # noqa: BLE001 - the check's one line
+            return failed + [Check("catalog", "failed", " ".join(str(exc).split()) or type(exc).__name__)]
         needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
         if needs_granules:
             try:
                 credentials = dataclasses.replace(
-                    credentials, granules=run_credentials(recipe.credentials, True, False).granules)
+                    credentials, granules=run_credentials(recipe.credentials, True, False,
+                                                          leaves_client=choice.name not in IN_PROCESS_EXECUTORS).granules)
             except CredentialError as exc:
                 failed.append(Check("credentials.granules", "failed", str(exc)))
         checks = preflight(recipe, store, choice, credentials, needs_granules=needs_granules)
     names = {c.name for c in failed}
+    if "credentials.store" in names and (is_remote(store) or is_remote(work_dir)):  # probing without them says nothing
+        checks = [Check(c.name, "failed", "not checked: the store's credentials could not be obtained")
+                  if c.name in ("store", "executor.work_dir") else c for c in checks]
     return failed + [c for c in checks if c.name not in names]
 
 
@@ -239,7 +250,9 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
     from .preflight import credentials_check, require
 
     work_dir = recipe.executor.work_dir or ""
-    credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir))
+    leaves = choice.name not in IN_PROCESS_EXECUTORS
+    credentials = run_credentials(recipe.credentials, False, is_remote(store) or is_remote(work_dir),
+                                  leaves_client=leaves)
     _forget_when_done(scopes, credentials)
     if credentials.store is not None:
         require([credentials_check(recipe, credentials, "store")])
@@ -264,7 +277,8 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
     preflight(choice)  # a cloud executor's service answers, before anything is created
     catalog = load_catalog(recipe)
     if catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any():
-        credentials = dataclasses.replace(credentials, granules=run_credentials(recipe.credentials, True, False).granules)
+        credentials = dataclasses.replace(
+            credentials, granules=run_credentials(recipe.credentials, True, False, leaves_client=leaves).granules)
         _forget_when_done(scopes, dataclasses.replace(credentials, store=None))
         scopes.enter_context(options_scope({k: v for k, v in credentials.scopes([]).items()}))
     if append:
