@@ -7,8 +7,17 @@ weak beams, all written with the storage layout of real v006 granules. Everythin
 and beam. One or more cycles are simulated: every cycle flies the same RGTs over the same regions, each
 granule named with its own cycle and timed from that cycle's start (``cycles.cycle_start``).
 
+Two ice sheets, one per config (``SynthConfig.regions`` lie in one hemisphere): Antarctica in ATL06 regions
+10, 11, 12 (59.5S -> 80S descending, the south-pole cap, 80S -> 59.5S ascending), where every row of the
+regions is written over one smooth ice sheet centred on the pole; and Greenland in regions 3, 4, 5 (59.5N
+-> 80N ascending, the north-pole cap, 80N -> 59.5N descending), where rows are written only inside a rough
+analytic outline of Greenland (``in_greenland``; coast and ice alike, as land-ice segments are), over a
+surface rising from the coast to ~3.2 km at the summit (72.6N 38.5W). Granules of RGTs that never cross
+the outline have no rows and are not written.
+
 Change model: heights vary in time as ``true_height(lat, lon, t) = static surface + true_dhdt(lat, lon) *
-(t - T_REF) / YEAR_S + seasonal_height(t)`` (T_REF = start of cycle 22; see those functions), and each
+(t - T_REF) / YEAR_S + seasonal_height(t)`` (T_REF = start of cycle 22; see those functions; ``true_dhdt``
+is one field per hemisphere: ``true_dhdt_south`` and ``true_dhdt_north``), and each
 (cycle, RGT) pass flies ``pass_offset_m`` (tens of metres) across track from the nominal RGT (cycle 22 flies
 the nominal RGT), so repeat tracks scatter as real ones do. The noise model adds to the true height.
 
@@ -49,12 +58,17 @@ from polaragg.products.atl06 import (
 )
 
 __all__ = [
+    "GREENLAND_SUMMIT_LATLON",
+    "JAKOBSHAVN_LATLON",
     "MODEL_VERSION",
+    "NORTH_REGIONS",
     "PASS_OFFSET_MAX_M",
     "PASS_OFFSET_SD_M",
     "REF_CYCLE",
     "SEASONAL_AMPLITUDE_M",
     "SEASONAL_PHASE_RAD",
+    "SOUTH_REGIONS",
+    "SUPPORTED_REGIONS",
     "T_REF",
     "YEAR_S",
     "SynthConfig",
@@ -63,10 +77,15 @@ __all__ = [
     "delta_time_of",
     "generate",
     "granule_name",
+    "greenland_coast_fraction",
+    "hemisphere_of_regions",
+    "in_greenland",
     "pass_offset_m",
     "region_u_bounds",
     "seasonal_height",
     "true_dhdt",
+    "true_dhdt_north",
+    "true_dhdt_south",
     "true_height",
 ]
 
@@ -87,6 +106,12 @@ DHDT_OUTLET = -2.5  # m/yr at the centre of the outlet lobe
 OUTLET_LATLON = (-85.5, 90.0)
 OUTLET_SIGMA_M = (120e3, 45e3)  # along the meridian, across it
 DHDT_INLAND = 0.18  # m/yr at the pole
+# Greenland (see true_dhdt_north): margin thinning strongest towards the south-west, a Jakobshavn lobe.
+DHDT_COAST_NORTH = -1.2  # m/yr at the margin where the coastal term peaks
+COAST_MAX_NORTH_LATLON = (64.0, -50.0)  # the direction (from the summit) of the fastest margin thinning
+DHDT_JAKOBSHAVN = -4.0  # m/yr at the centre of the Jakobshavn lobe (its calving front)
+JAKOBSHAVN_LATLON = (69.2, -49.8)
+JAKOBSHAVN_SIGMA_M = (60e3, 12e3, 18e3)  # inland (east), seaward (west), across (north-south)
 PASS_OFFSET_SD_M = 25.0
 PASS_OFFSET_MAX_M = 60.0
 
@@ -123,7 +148,32 @@ MEAN_CLOUD_ROWS = 250.0
 COARSE_STEP_M = 2000.0
 COARSE_MARGIN_M = 12000.0
 
-SUPPORTED_REGIONS = (10, 11, 12)
+NORTH_REGIONS = (3, 4, 5)  # Greenland: 59.5N -> 80N ascending, north-pole cap, 80N -> 59.5N descending
+SOUTH_REGIONS = (10, 11, 12)  # Antarctica: 59.5S -> 80S descending, south-pole cap, 80S -> 59.5S ascending
+SUPPORTED_REGIONS = NORTH_REGIONS + SOUTH_REGIONS
+
+# Greenland outline (see in_greenland): a rough coast (lon, lat degrees, clockwise seen from above), its
+# radius about the summit interpolated in azimuth and smoothed over GREENLAND_SMOOTH_DEG.
+GREENLAND_SUMMIT_LATLON = (72.6, -38.5)
+GREENLAND_SUMMIT_M = 3200.0  # surface above sea level at the summit (0 at the coast)
+GEOID_M = 30.0  # added to every surface: h_li is above the ellipsoid (both ice sheets)
+GREENLAND_COAST: tuple[tuple[float, float], ...] = (
+    # Cape Farewell, north along the west coast (Nuuk, Disko Bay, Melville Bay, Thule, Nares Strait) ...
+    (-43.9, 59.8), (-45.5, 60.4), (-48.0, 61.0), (-49.7, 62.0), (-50.8, 63.2), (-51.9, 64.2), (-52.9, 65.5),
+    (-53.7, 66.9), (-53.4, 68.0), (-51.2, 68.7), (-51.1, 69.4), (-52.5, 70.7), (-55.0, 71.5), (-56.0, 72.8),
+    (-57.5, 74.5), (-61.0, 75.9), (-66.5, 76.1), (-69.5, 77.0), (-72.5, 78.3), (-67.0, 79.8), (-62.0, 81.2),
+    # ... east along the north coast (Cape Morris Jesup, Nordostrundingen), south along the east coast
+    (-55.0, 82.2), (-45.0, 82.7), (-33.0, 83.6), (-25.0, 83.2), (-18.0, 82.3), (-11.5, 81.4), (-17.5, 80.0),
+    (-18.5, 77.0), (-19.5, 75.0), (-21.5, 72.5), (-22.0, 70.4), (-26.0, 68.8), (-32.0, 68.0), (-37.5, 65.6),
+    (-40.5, 64.0), (-42.0, 62.5), (-42.8, 61.0),
+)
+GREENLAND_SMOOTH_DEG = 2.5
+NORTH_LON_0 = -45.0  # central meridian of the north plane (as EPSG:3413's)
+# Coarse pre-selection of rows near the outline: a beam row lies within ~4.2 km (north plane) of a coarse
+# RGT point at most one coarse step away, and r - R(azimuth) changes by at most sqrt(1 + (R'/R)^2) ~ 3.2 m
+# per metre near the coast (|dR/d azimuth| / R <= 3.07 on the smoothed outline), so a row inside the outline
+# has such a point within ~14 km of it: a 20 km margin keeps every one.
+LAND_MARGIN_M = 20000.0
 
 _UNITS: dict[str, str] = {
     "latitude": "degrees_north",
@@ -139,7 +189,10 @@ _UNITS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to simulate: cycles, a set of RGTs and Antarctic regions, optionally clipped to a lon/lat box.
+    """What to simulate: cycles, a set of RGTs and regions of one ice sheet, optionally clipped to a box.
+
+    ``regions`` are ATL06 region numbers of one hemisphere: Antarctic (10, 11, 12) or Greenland (3, 4, 5);
+    a config mixing them is an error (simulate each ice sheet with its own config).
 
     ``cycles`` are cycle numbers of the cycle table (``polaragg.cycles``), stored sorted; a cycle listed twice
     is an error. Every cycle flies the same RGTs over the same regions. ``cycle=N`` (init-only) is shorthand
@@ -193,6 +246,7 @@ class SynthConfig:
             raise ValueError("rgts must lie in 1..1387")
         if any(r not in SUPPORTED_REGIONS for r in regions):
             raise ValueError(f"regions must be among {SUPPORTED_REGIONS}")
+        hemisphere_of_regions(regions)  # one hemisphere per config
         if not (len(self.version) == 3 and self.version.isdigit()):
             raise ValueError(f"version must be three digits, got {self.version!r}")
         if not 0.0 <= self.weak_beam_dropout <= 1.0:
@@ -227,17 +281,45 @@ def granule_name(
     return f"ATL06_{start:%Y%m%d%H%M%S}_{rgt:04d}{cycle:02d}{region:02d}_{version}_{revision:02d}.h5"
 
 
+def hemisphere_of_regions(regions: Iterable[int]) -> str:
+    """'north' when every region is a Greenland one (3, 4, 5), 'south' when every one is Antarctic (10, 11,
+    12); a mix, an empty list or another region is a ValueError naming them."""
+    regions = tuple(int(r) for r in regions)
+    other = [r for r in regions if r not in SUPPORTED_REGIONS]
+    if other or not regions:
+        raise ValueError(f"regions must be among {SUPPORTED_REGIONS}, got {list(regions)}")
+    north = [r for r in regions if r in NORTH_REGIONS]
+    south = [r for r in regions if r in SOUTH_REGIONS]
+    if north and south:
+        raise ValueError(
+            f"regions {list(regions)} mix Greenland ({', '.join(map(str, north))}) and Antarctica "
+            f"({', '.join(map(str, south))}): one hemisphere per source; simulate each ice sheet in its own "
+            f"source (regions 3, 4, 5 or 10, 11, 12)"
+        )
+    return "north" if north else "south"
+
+
 def region_u_bounds(region: int) -> tuple[float, float]:
-    """Argument-of-latitude interval [u0, u1) (radians) of an Antarctic region (10, 11 or 12)."""
+    """Argument-of-latitude interval [u0, u1) (radians) of a simulated region (3, 4, 5, 10, 11 or 12).
+
+    u = 0 at the ascending node: region 3 runs from 59.5N to 80N ascending, 4 over the north-pole cap (u
+    symmetric about pi / 2), 5 from 80N to 59.5N descending; 10, 11, 12 are their mirror images about u = pi.
+    """
     u_a = math.asin(math.sin(math.radians(59.5)) / math.sin(INCLINATION))
     u_b = math.asin(math.sin(math.radians(80.0)) / math.sin(INCLINATION))
+    if region == 3:
+        return u_a, u_b
+    if region == 4:
+        return u_b, math.pi - u_b
+    if region == 5:
+        return math.pi - u_b, math.pi - u_a
     if region == 10:
         return math.pi + u_a, math.pi + u_b
     if region == 11:
         return math.pi + u_b, 2 * math.pi - u_b
     if region == 12:
         return 2 * math.pi - u_b, 2 * math.pi - u_a
-    raise ValueError(f"only Antarctic regions {SUPPORTED_REGIONS} are simulated, got {region}")
+    raise ValueError(f"only regions {SUPPORTED_REGIONS} are simulated, got {region}")
 
 
 def _time_offset_s(rgt: int, u: float | np.ndarray) -> float | np.ndarray:
@@ -315,8 +397,7 @@ def _rows_near_bbox(j0: int, j1: int, rgt: int, bbox: tuple[float, float, float,
     offsets; the exact per-beam test follows.
     """
     step = max(1, int(COARSE_STEP_M / SEGMENT_M))
-    jc = np.arange(j0, j1 + step, step, dtype=np.int64)
-    jc[-1] = min(jc[-1], j1 - 1)
+    jc = _coarse_points(j0, j1, step)
     p, _ = _track(jc * DU, rgt)
     lat = np.degrees(np.arcsin(np.clip(p[2], -1.0, 1.0)))
     lon = np.degrees(np.arctan2(p[1], p[0]))
@@ -330,6 +411,18 @@ def _rows_near_bbox(j0: int, j1: int, rgt: int, bbox: tuple[float, float, float,
     with np.errstate(divide="ignore"):
         lon_margin = np.where(cos_pole > 2 * m_rad, np.degrees(2 * m_rad / cos_pole), 360.0)
     near = lat_ok & (_lon_distance_to_interval(lon, lon_min, lon_max) <= lon_margin)
+    return _rows_around(jc, near, step, j0, j1)
+
+
+def _coarse_points(j0: int, j1: int, step: int) -> np.ndarray:
+    """Coarse segment indices every ``step`` rows from j0, the last one clipped to j1 - 1."""
+    jc = np.arange(j0, j1 + step, step, dtype=np.int64)
+    jc[-1] = min(jc[-1], j1 - 1)
+    return jc
+
+
+def _rows_around(jc: np.ndarray, near: np.ndarray, step: int, j0: int, j1: int) -> np.ndarray:
+    """Sorted segment indices in [j0, j1) within one coarse ``step`` of the flagged coarse points ``jc``."""
     if not near.any():
         return np.empty(0, dtype=np.int64)
     idx = np.flatnonzero(near)
@@ -345,6 +438,23 @@ def _rows_near_bbox(j0: int, j1: int, rgt: int, bbox: tuple[float, float, float,
     total = int(lengths.sum())
     offsets = np.repeat(run_starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     return np.arange(total, dtype=np.int64) + offsets
+
+
+def _rows_near_greenland(j0: int, j1: int, rgt: int) -> tuple[np.ndarray, int]:
+    """Segment indices j in [j0, j1) whose rows (any beam) may fall inside the Greenland outline, and an
+    estimate of the RGT's rows inside it (for the size of a full granule).
+
+    Conservative like ``_rows_near_bbox``: the RGT sampled every 2 km is kept wherever it comes within
+    LAND_MARGIN_M of the outline; the exact per-beam test follows.
+    """
+    step = max(1, int(COARSE_STEP_M / SEGMENT_M))
+    jc = _coarse_points(j0, j1, step)
+    p, _ = _track(jc * DU, rgt)
+    lat = np.degrees(np.arcsin(np.clip(p[2], -1.0, 1.0)))
+    lon = np.degrees(np.arctan2(p[1], p[0]))
+    _, _, r, r_coast = _greenland_polar(lat, lon)
+    land_rows = int(np.count_nonzero(r < r_coast)) * step
+    return _rows_around(jc, r - r_coast <= LAND_MARGIN_M, step, j0, j1), land_rows
 
 
 @functools.lru_cache(maxsize=64)
@@ -410,14 +520,85 @@ def _keys(seed: int, cycle: int, rgt: int, region: int, beam_index: int) -> tupl
 
 
 # ----------------------------------------------------------------------------------------------------
+# Greenland outline
+
+
+def _north_plane(lat: np.ndarray | float, lon: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuthal equidistant x, y (m) about the north pole, central meridian NORTH_LON_0 pointing down (-y).
+
+    rho = R (90 - lat) in radians; x = rho sin(lon - lon_0), y = -rho cos(lon - lon_0) (EPSG:3413's axes).
+    Distances are true along meridians and at most ~5 % long across them down to 59N.
+    """
+    rho = EARTH_RADIUS_M * np.radians(90.0 - np.asarray(lat, dtype=np.float64))
+    a = np.radians(np.asarray(lon, dtype=np.float64) - NORTH_LON_0)
+    return rho * np.sin(a), -rho * np.cos(a)
+
+
+@functools.lru_cache(maxsize=1)
+def _greenland_table() -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(summit x, summit y, azimuths in degrees [-180, 180) every 0.25, coast radius there in metres).
+
+    The coast's radius about the summit, linear between GREENLAND_COAST's vertices in azimuth, then smoothed
+    by a circular Gaussian of GREENLAND_SMOOTH_DEG: a smooth star-shaped outline about the summit.
+    """
+    xs, ys = (float(v) for v in _north_plane(*GREENLAND_SUMMIT_LATLON))
+    lon, lat = np.array(GREENLAND_COAST, dtype=np.float64).T
+    x, y = _north_plane(lat, lon)
+    az = np.degrees(np.arctan2(y - ys, x - xs))
+    radius = np.hypot(x - xs, y - ys)
+    order = np.argsort(az)
+    grid = np.arange(-180.0, 180.0, 0.25)
+    raw = np.interp(grid, az[order], radius[order], period=360.0)
+    half = int(round(3 * GREENLAND_SMOOTH_DEG / 0.25))
+    k = np.arange(-half, half + 1) * 0.25
+    kernel = np.exp(-0.5 * (k / GREENLAND_SMOOTH_DEG) ** 2)
+    kernel /= kernel.sum()
+    padded = np.concatenate([raw[-half:], raw, raw[:half]])
+    smooth = np.convolve(padded, kernel, mode="valid")
+    return xs, ys, grid, smooth
+
+
+def _greenland_polar(
+    lat: np.ndarray | float, lon: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) in the north plane, the distance r from the summit and the coast's radius in its azimuth (m)."""
+    xs, ys, grid, coast = _greenland_table()
+    x, y = _north_plane(lat, lon)
+    dx, dy = x - xs, y - ys
+    r = np.hypot(dx, dy)
+    r_coast = np.interp(np.degrees(np.arctan2(dy, dx)), grid, coast, period=360.0)
+    return x, y, r, r_coast
+
+
+def greenland_coast_fraction(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
+    """Distance from the summit over the coast's distance in the same azimuth (north plane): 0 at the summit
+    (GREENLAND_SUMMIT_LATLON), 1 on the simulated coast, > 1 outside Greenland (and everywhere south)."""
+    lat = np.asarray(lat, dtype=np.float64)
+    _, _, r, r_coast = _greenland_polar(lat, lon)
+    return np.where(lat > 0.0, r / r_coast, np.inf)
+
+
+def in_greenland(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
+    """Whether points (degrees) lie inside the simulator's rough Greenland outline, where it writes rows.
+
+    The outline is smooth and star-shaped about the summit (72.6N 38.5W), following GREENLAND_COAST (a coarse
+    coast from Cape Farewell 59.8N to Cape Morris Jesup 83.6N; ~2.2 million km^2, like the real island with
+    its ice sheet): islands, fjords and the ice-free margin are not modelled.
+    """
+    return greenland_coast_fraction(lat, lon) < 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
 # Surface model
 
 
 @dataclass(frozen=True)
 class _Surface:
-    """Smooth ice sheet rising inland to ~3.7 km plus plane-wave undulations; fixed by the seed alone.
+    """Smooth ice sheets plus plane-wave undulations; fixed by the seed alone.
 
-    A function of position only, so crossing tracks and different cycles see the same surface.
+    Antarctica (``height``) rises inland to ~3.7 km at the pole, Greenland (``height_north``) to ~3.2 km at
+    the summit; both share the seed's undulations. A function of position only, so crossing tracks and
+    different cycles see the same surface.
     """
 
     wave_k: np.ndarray  # (n, 2) wave vectors, rad/m
@@ -437,7 +618,8 @@ class _Surface:
         return cls(k, phase, amps, edge)
 
     def height(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Surface height (m) and a coastal factor in [0, 1] (0 deep interior, 1 at and beyond the margin)."""
+        """Antarctic surface height (m) and a coastal factor in [0, 1] (0 deep interior, 1 at and beyond the
+        margin)."""
         lon_r = np.radians(lon)
         colat = 90.0 + lat  # degrees from the south pole
         edge = 20.0 + 3.0 * np.sin(lon_r + self.edge_phase[0]) + 2.0 * np.cos(2 * lon_r + self.edge_phase[1])
@@ -454,6 +636,37 @@ class _Surface:
         h = 30.0 + profile + und * (0.3 + 1.7 * coastal)
         return h, coastal
 
+    def height_north(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Greenland surface height (m) and coastal factor, as ``height`` with the summit for the pole.
+
+        With f = greenland_coast_fraction (0 at the summit, 1 on the coast): a Vialov-like profile
+        GREENLAND_SUMMIT_M (1 - f^(4/3))^(3/8), 0 at and beyond the coast, plus GEOID_M and the seed's
+        undulations in the north plane, larger towards the coast (coastal factor f^2, clipped to 1).
+        """
+        x, y, r, r_coast = _greenland_polar(lat, lon)
+        frac = np.clip(r / r_coast, 0.0, 1.0)
+        z = 1.0 - frac * np.cbrt(frac)
+        profile = GREENLAND_SUMMIT_M * np.sqrt(np.sqrt(np.sqrt(z * z * z)))
+        coastal = frac * frac
+        und = np.zeros_like(x)
+        for (kx, ky), ph, amp in zip(self.wave_k, self.wave_phase, self.wave_amp):
+            und += amp * np.cos(kx * x + ky * y + ph)
+        h = GEOID_M + profile + und * (0.3 + 1.7 * coastal)
+        return h, coastal
+
+    def static(self, lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+        """Surface height (m) of either ice sheet: Greenland's where lat > 0, Antarctica's elsewhere."""
+        lat, lon = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+        north = lat > 0.0
+        if not north.any():
+            return self.height(lat, lon)[0]
+        if north.all():
+            return self.height_north(lat, lon)[0]
+        out = np.empty(lat.shape, dtype=np.float64)
+        out[north] = self.height_north(lat[north], lon[north])[0]
+        out[~north] = self.height(lat[~north], lon[~north])[0]
+        return out
+
 
 @functools.lru_cache(maxsize=8)
 def _surface_of(seed: int) -> _Surface:
@@ -466,6 +679,23 @@ def _surface_of(seed: int) -> _Surface:
 
 def true_dhdt(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
     """Imposed rate of elevation change (m/yr) at each point; the same for every seed.
+
+    ``true_dhdt_north`` (Greenland) where lat > 0, ``true_dhdt_south`` (Antarctica) elsewhere.
+    """
+    lat, lon = np.broadcast_arrays(np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64))
+    north = lat > 0.0
+    if not north.any():
+        return true_dhdt_south(lat, lon)
+    if north.all():
+        return true_dhdt_north(lat, lon)
+    out = np.empty(lat.shape, dtype=np.float64)
+    out[north] = true_dhdt_north(lat[north], lon[north])
+    out[~north] = true_dhdt_south(lat[~north], lon[~north])
+    return out
+
+
+def true_dhdt_south(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
+    """Antarctica's imposed rate of elevation change (m/yr); the same for every seed.
 
     With colat = 90 + lat (degrees from the south pole) and (x, y) = rho (sin lon, cos lon),
     rho = R colat (azimuthal equidistant about the pole), the sum of three smooth terms:
@@ -498,6 +728,52 @@ def true_dhdt(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
     return DHDT_COAST * coast + DHDT_OUTLET * outlet + DHDT_INLAND * inland
 
 
+@functools.lru_cache(maxsize=1)
+def _north_change_geometry() -> tuple[float, float, float, float, float]:
+    """(azimuth of the fastest margin thinning from the summit (rad), Jakobshavn's x, y in the north plane,
+    and the plane's east unit vector there)."""
+    xs, ys, _, _ = _greenland_table()
+    cx, cy = (float(v) for v in _north_plane(*COAST_MAX_NORTH_LATLON))
+    jx, jy = (float(v) for v in _north_plane(*JAKOBSHAVN_LATLON))
+    a = math.radians(JAKOBSHAVN_LATLON[1] - NORTH_LON_0)
+    return math.atan2(cy - ys, cx - xs), jx, jy, math.cos(a), math.sin(a)
+
+
+def true_dhdt_north(lat: np.ndarray | float, lon: np.ndarray | float) -> np.ndarray:
+    """Greenland's imposed rate of elevation change (m/yr); the same for every seed.
+
+    With f = greenland_coast_fraction clipped to 1 (0 at the summit, 1 on the coast and beyond), x, y in
+    the north plane (azimuthal equidistant about the pole, 45W down) and az the azimuth about the summit,
+    the sum of two smooth terms, ~0 in the interior:
+
+    - margin thinning ``DHDT_COAST_NORTH * (0.5 + 0.5 cos(az - az_sw)) * f^8``: -1.2 m/yr on the coast in
+      the direction of COAST_MAX_NORTH_LATLON (64N 50W, the south-west), 0 on the opposite (north-east)
+      coast, fading inland (0.43 of that at f = 0.9, 0.17 at 0.8, < 0.01 inside f = 0.55);
+    - a Jakobshavn lobe ``DHDT_JAKOBSHAVN * exp(-a^2 / 2 sa^2 - b^2 / 2 sb^2)`` centred at JAKOBSHAVN_LATLON
+      (69.2N 49.8W, -4.0 m/yr), a along the local east (inland, sa = 60 km; seaward, sa = 12 km) and b
+      along the local north (sb = 18 km).
+
+    Range over the simulated Greenland about -4.1 .. 0 m/yr; the interior (f < 0.5) is within 0.01 m/yr of 0
+    farther than ~200 km from Jakobshavn, whose lobe reaches ~150 km inland at -0.15 m/yr.
+    """
+    lat = np.asarray(lat, dtype=np.float64)
+    lon = np.asarray(lon, dtype=np.float64)
+    xs, ys, _, _ = _greenland_table()
+    az_sw, jx, jy, ex, ey = _north_change_geometry()
+    x, y, r, r_coast = _greenland_polar(lat, lon)
+    f = np.clip(r / r_coast, 0.0, 1.0)
+    f2 = f * f
+    f4 = f2 * f2
+    sector = 0.5 + 0.5 * np.cos(np.arctan2(y - ys, x - xs) - az_sw)
+    coast = sector * (f4 * f4)
+    dx, dy = x - jx, y - jy
+    a = dx * ex + dy * ey
+    b = dy * ex - dx * ey
+    sa = np.where(a > 0.0, JAKOBSHAVN_SIGMA_M[0], JAKOBSHAVN_SIGMA_M[1])
+    lobe = np.exp(-0.5 * (a / sa) ** 2 - 0.5 * (b / JAKOBSHAVN_SIGMA_M[2]) ** 2)
+    return DHDT_COAST_NORTH * coast + DHDT_JAKOBSHAVN * lobe
+
+
 def seasonal_height(delta_time: np.ndarray | float) -> np.ndarray:
     """Seasonal height anomaly (m), the same everywhere.
 
@@ -507,15 +783,18 @@ def seasonal_height(delta_time: np.ndarray | float) -> np.ndarray:
     return SEASONAL_AMPLITUDE_M * np.sin(2.0 * np.pi * (t - T_REF) / YEAR_S + SEASONAL_PHASE_RAD)
 
 
-def _change(lat: np.ndarray, lon: np.ndarray, delta_time: np.ndarray) -> np.ndarray:
-    """Height change from T_REF to ``delta_time`` (m): the trend plus the seasonal term."""
-    return true_dhdt(lat, lon) * ((delta_time - T_REF) / YEAR_S) + seasonal_height(delta_time)
+def _change(lat: np.ndarray, lon: np.ndarray, delta_time: np.ndarray, north: bool = False) -> np.ndarray:
+    """Height change from T_REF to ``delta_time`` (m): one hemisphere's trend plus the seasonal term."""
+    dhdt = true_dhdt_north(lat, lon) if north else true_dhdt_south(lat, lon)
+    return dhdt * ((delta_time - T_REF) / YEAR_S) + seasonal_height(delta_time)
 
 
 def true_height(
     lat: np.ndarray | float, lon: np.ndarray | float, delta_time: np.ndarray | float, *, seed: int
 ) -> np.ndarray:
     """Noise-free surface height (m) at each point and ATL06 delta_time, for the generator's ``seed``.
+
+    Greenland's surface and change where lat > 0 (meaningful inside ``in_greenland``), Antarctica's elsewhere.
 
     ``h = static(lat, lon) + true_dhdt(lat, lon) * (t - T_REF) / YEAR_S + seasonal_height(t)``: the static
     surface (depending on the seed) is the surface at T_REF. A written ``h_li`` is this plus the noise model.
@@ -524,8 +803,9 @@ def true_height(
         np.asarray(lat, dtype=np.float64), np.asarray(lon, dtype=np.float64),
         np.asarray(delta_time, dtype=np.float64),
     )
-    static, _ = _surface_of(int(seed)).height(lat, lon)
-    return static + _change(lat, lon, t)
+    static = _surface_of(int(seed)).static(lat, lon)
+    trend = true_dhdt(lat, lon) * ((t - T_REF) / YEAR_S)
+    return static + (trend + seasonal_height(t))
 
 
 def pass_offset_m(seed: int, cycle: int, rgt: int) -> float:
@@ -619,8 +899,9 @@ def _beam_rows(
     strong = is_strong(beam, plan.sc_orient)
     k_sig, k_flag, k_geo, _ = _keys(config.seed, plan.cycle, plan.rgt, plan.region, BEAMS.index(beam))
     delta_time = t_base + _time_offset_s(plan.rgt, j * DU)
-    h, coastal = surface.height(lat, lon)
-    h = h + _change(lat, lon, delta_time)
+    north = plan.region in NORTH_REGIONS
+    h, coastal = surface.height_north(lat, lon) if north else surface.height(lat, lon)
+    h = h + _change(lat, lon, delta_time, north)
     z_sig, z_h = _normal_pair(j, k_sig)
     u_flag, u_fill = _uniform_pair(j, k_flag)
     u_geo, u_extra = _uniform_pair(j, k_geo)
@@ -784,16 +1065,19 @@ def _umm_record(
     t_end: datetime,
     local_size: int,
     rows: int,
+    full_rows_per_beam: int | None = None,
 ) -> dict:
     """UMM-G record of a granule; the footprint and times cover the full granule, not only the written rows.
 
     ``ArchiveAndDistributionInformation[0].SizeInBytes`` is the size a real full granule would have (full rows
     of the present beams x 140 B + 2 MB). The local synthetic file's size and row count are in
     ``AdditionalAttributes`` (LOCAL_SIZE_IN_BYTES, LOCAL_ROWS), where size-summing clients do not count them.
+    ``full_rows_per_beam`` is a full granule's rows per beam when not every segment of the region has rows
+    (Greenland: the RGT's segments inside the outline); by default all of the region's segments.
     """
     day = f"{t_begin:%Y/%m/%d}"
     key = f"nsidc-cumulus-prod-protected/ATLAS/ATL06/{config.version}/{day}/{name}"
-    n_full = plan.j1 - plan.j0
+    n_full = plan.j1 - plan.j0 if full_rows_per_beam is None else full_rows_per_beam
     full_rows = n_full * len(plan.beams) * (1 - config.cloud_fraction)
     est_size = int(REAL_FIXED_BYTES + full_rows * REAL_BYTES_PER_ROW)
     return {
@@ -849,6 +1133,7 @@ class _Computed:
     t_begin: datetime
     t_end: datetime
     chunks: dict[tuple[str, str], list[Future[bytes]]] = field(default_factory=dict)
+    full_rows_per_beam: int | None = None
 
     @property
     def rows(self) -> int:
@@ -859,17 +1144,24 @@ class _Computed:
 class _Track:
     """Segment indices of a (RGT, region) that may hold rows, with the RGT's position and left normal there.
 
-    The same for every cycle; computed on first use.
+    The same for every cycle; computed on first use. In Greenland's regions only segments near the outline
+    may hold rows (``land_rows``: the RGT's rows inside it, whatever the bbox).
     """
 
     j: np.ndarray
     p: np.ndarray | None = None
     nrm: np.ndarray | None = None
+    land_rows: int | None = None
 
     @classmethod
     def near(cls, config: SynthConfig, rgt: int, region: int) -> _Track:
         u0, u1 = region_u_bounds(region)
         j0, j1 = math.ceil(u0 / DU), math.ceil(u1 / DU)
+        if region in NORTH_REGIONS:
+            j, land_rows = _rows_near_greenland(j0, j1, rgt)
+            if config.bbox is not None and j.size:
+                j = np.intersect1d(j, _rows_near_bbox(j0, j1, rgt, config.bbox), assume_unique=True)
+            return cls(j, land_rows=land_rows)
         if config.bbox is None:
             return cls(np.arange(j0, j1, dtype=np.int64))
         return cls(_rows_near_bbox(j0, j1, rgt, config.bbox))
@@ -903,11 +1195,15 @@ def _compute(
         return None
     j, p, nrm = track.at(keep, rgt)
     shift = pass_offset_m(config.seed, cycle, rgt)
+    north = region in NORTH_REGIONS
     beam_data: dict[str, dict[str, np.ndarray]] = {}
     for beam in plan.beams:
         lat, lon = _offset_latlon(p, nrm, BEAM_OFFSETS_M[beam] + shift)
-        if config.bbox is not None:
-            inside = _in_bbox(lat, lon, config.bbox)
+        if config.bbox is not None or north:
+            inside = _in_bbox(lat, lon, config.bbox) if config.bbox is not None else None
+            if north:  # land-ice segments: only over the Greenland outline
+                land = in_greenland(lat, lon)
+                inside = land if inside is None else inside & land
             if not inside.any():
                 continue
             jb, lat, lon = j[inside], lat[inside], lon[inside]
@@ -917,7 +1213,7 @@ def _compute(
     if not beam_data:
         return None
     name = granule_name(t_begin, rgt, cycle, region, config.version)
-    return _Computed(plan, name, beam_data, t_begin, t_end)
+    return _Computed(plan, name, beam_data, t_begin, t_end, full_rows_per_beam=track.land_rows)
 
 
 def _finish(out_dir: Path, config: SynthConfig, item: _Computed) -> SynthGranule:
@@ -927,7 +1223,8 @@ def _finish(out_dir: Path, config: SynthConfig, item: _Computed) -> SynthGranule
     _write_h5(h5_path, config, item.plan, item.beam_data, item.chunks, item.t_begin, item.t_end)
     rows = item.rows
     record = _umm_record(
-        item.name, config, item.plan, item.t_begin, item.t_end, h5_path.stat().st_size, rows
+        item.name, config, item.plan, item.t_begin, item.t_end, h5_path.stat().st_size, rows,
+        item.full_rows_per_beam,
     )
     umm_path.write_text(json.dumps(record))
     plan = item.plan
@@ -940,7 +1237,8 @@ def generate(out_dir: Path | str, config: SynthConfig) -> list[SynthGranule]:
     """Write the configured granules (HDF5 + UMM-G JSON) into ``out_dir``; return them sorted by name.
 
     Every (cycle, RGT, region) of the config is one granule. With a bbox, granules without any row inside it
-    are not written. Chunks are deflated on a thread pool while the next granule is computed.
+    are not written; in Greenland's regions, neither are granules without any row over the outline. Chunks
+    are deflated on a thread pool while the next granule is computed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
