@@ -171,7 +171,9 @@ def test_config_validation():
     with pytest.raises(ValueError):
         SynthConfig(rgts=(0,))
     with pytest.raises(ValueError):
-        SynthConfig(regions=(3,))
+        SynthConfig(regions=(2,))  # not an ice-sheet region
+    with pytest.raises(ValueError, match="hemisphere"):
+        SynthConfig(regions=(3, 10))  # Greenland and Antarctica in one source
     with pytest.raises(ValueError):
         SynthConfig(bbox=(0, -60, 10, -70))
     assert SynthConfig(rgts=range(1, 4)).rgts == (1, 2, 3)

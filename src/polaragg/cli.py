@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rgt-start", type=int, default=1, help="first reference ground track")
     p.add_argument("--rgt-stop", type=int, default=1388, help="last reference ground track (exclusive)")
     p.add_argument("--rgt-step", type=int, default=20, help="step between reference ground tracks")
-    p.add_argument("--regions", type=int, nargs="+", default=[10, 11, 12], help="ATL06 regions (default 10 11 12)")
+    p.add_argument("--regions", type=int, nargs="+", default=[10, 11, 12], choices=[3, 4, 5, 10, 11, 12], help="ATL06 regions: 10 11 12 Antarctica, 3 4 5 Greenland (default 10 11 12)")
     p.add_argument("--bbox", type=float, nargs=4, metavar=("LON_MIN", "LAT_MIN", "LON_MAX", "LAT_MAX"),
                    help="clip the granules to a lon/lat box")
     p.set_defaults(func=cmd_synth)

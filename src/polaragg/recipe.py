@@ -105,6 +105,15 @@ class SyntheticSource(_Model):
             raise ValueError("cycles are listed more than once")
         return sorted(value)
 
+    @field_validator("regions")
+    @classmethod
+    def _one_hemisphere(cls, value: list[int]) -> list[int]:
+        north, south = sorted(r for r in set(value) if r < 8), sorted(r for r in set(value) if r >= 8)
+        if north and south:
+            raise ValueError(f"regions {sorted(set(value))} mix Greenland ({', '.join(map(str, north))}) and "
+                             f"Antarctica ({', '.join(map(str, south))}): one hemisphere per source")
+        return value
+
     def rgt_values(self) -> tuple[int, ...]:
         return self.rgts.values() if isinstance(self.rgts, RgtRange) else tuple(self.rgts)
 
