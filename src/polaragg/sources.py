@@ -20,24 +20,66 @@ import shapely
 from .catalog import Catalog, CatalogError, build_catalog, read_directory
 from .coverage import cells_covering, footprint_cells
 from .domain import POLARAGG_VERSION
-from .recipe import Aoi, CatalogSource, CmrSource, DirectorySource, Recipe, SyntheticSource
+from .recipe import Aoi, CatalogSource, CmrSource, DirectorySource, Recipe, RecipeError, SyntheticSource
 
 
 def aoi_geometry(aoi: Aoi) -> shapely.Polygon | shapely.MultiPolygon:
-    """The AOI as a (multi)polygon in lon/lat degrees, vertices in ring order."""
+    """The AOI as a (multi)polygon in lon/lat degrees, vertices in ring order.
+
+    An AOI must lie in one hemisphere (one pole per run): a box or polygon across or on the equator, basins of
+    both ice sheets or a GeoJSON in both hemispheres raises a RecipeError naming the AOI and the rule.
+    """
     from . import aoi as shipped
 
     if aoi.bbox is not None:
-        return bbox_polygon(*aoi.bbox)
-    if aoi.polygon is not None:
-        return shapely.Polygon(aoi.polygon)
-    if aoi.basins is not None:
+        geom = bbox_polygon(*aoi.bbox)
+    elif aoi.polygon is not None:
+        geom = shapely.Polygon(aoi.polygon)
+    elif aoi.basins is not None:
         parts = [shipped.basin(b) for b in aoi.basins]
         polys = [p for g in parts for p in getattr(g, "geoms", [g])]
-        return polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+        geom = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
+    elif aoi.outline:
+        geom = shipped.ice_sheet_outline(aoi.outline)
+    else:
+        geom = shipped.load_geojson(aoi.geojson, crs=aoi.crs)
+    _one_hemisphere(aoi, geom)
+    return geom
+
+
+def aoi_hemisphere(aoi: Aoi) -> str:
+    """``"north"`` or ``"south"``: the hemisphere of the recipe's AOI (RecipeError if it reaches both)."""
+    from . import aoi as shipped
+
+    return shipped.hemisphere_of(aoi_geometry(aoi))
+
+
+def _describe_aoi(aoi: Aoi) -> str:
+    if aoi.bbox is not None:
+        return f"aoi.bbox {list(aoi.bbox)}"
+    if aoi.polygon is not None:
+        return f"aoi.polygon ({len(aoi.polygon)} points)"
+    if aoi.basins is not None:
+        return f"aoi.basins {list(aoi.basins)}"
     if aoi.outline:
-        return shipped.outline()
-    return shipped.load_geojson(aoi.geojson, crs=aoi.crs)
+        return f"aoi.outline {aoi.outline}"
+    return f"aoi.geojson {aoi.geojson}"
+
+
+def _one_hemisphere(aoi: Aoi, geom: shapely.Geometry) -> None:
+    from . import aoi as shipped
+
+    if aoi.basins is not None:
+        where = {shipped.basin_hemisphere(b) for b in aoi.basins}
+        if len(where) > 1:
+            south = [b for b in aoi.basins if shipped.basin_hemisphere(b) == "south"]
+            north = [b for b in aoi.basins if shipped.basin_hemisphere(b) == "north"]
+            raise RecipeError(f"{_describe_aoi(aoi)} mixes Antarctic basins {south} and Greenland basins "
+                              f"{north}: {shipped.ONE_HEMISPHERE_RULE}")
+    try:
+        shipped.hemisphere_of(geom, _describe_aoi(aoi))
+    except shipped.HemisphereError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def bbox_polygon(lon_min: float, lat_min: float, lon_max: float, lat_max: float) -> shapely.Polygon:
@@ -55,6 +97,7 @@ def aoi_parents(recipe: Recipe) -> np.ndarray:
     """Parent cells covering the AOI. Boxes go through the rectangle path, whose parallel edges are exact."""
     order = recipe.grid.parent_order
     if recipe.aoi.bbox is not None:
+        aoi_geometry(recipe.aoi)  # one hemisphere per run (RecipeError otherwise)
         west, south, east, north = recipe.aoi.bbox
         rect = {"WestBoundingCoordinate": west, "SouthBoundingCoordinate": south,
                 "EastBoundingCoordinate": east, "NorthBoundingCoordinate": north}
