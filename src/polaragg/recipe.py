@@ -176,6 +176,9 @@ class Aoi(_Model):
         if not (-180 <= lon0 <= 180 and -180 <= lon1 <= 180):
             raise ValueError(f"longitudes must lie in -180..180 in [lon_min, lat_min, lon_max, lat_max], "
                              f"got {lon0}, {lon1}")
+        if lat0 <= 0 <= lat1:
+            raise ValueError(f"latitudes {lat0} to {lat1} reach both hemispheres: an area of interest lies in one "
+                             "hemisphere per run (run the north and the south separately)")
         return value
 
     @field_validator("polygon")
@@ -189,6 +192,10 @@ class Aoi(_Model):
         for lon, lat in value:
             if not (-180.0 <= lon <= 360.0 and -90.0 <= lat <= 90.0):
                 raise ValueError(f"point [{lon}, {lat}] is outside lon -180..360, lat -90..90")
+        lats = [lat for _, lat in value]
+        if min(lats) <= 0 <= max(lats):
+            raise ValueError(f"points from latitude {min(lats)} to {max(lats)} reach both hemispheres: an area of "
+                             "interest lies in one hemisphere per run")
         return value
 
     @model_validator(mode="after")

@@ -123,7 +123,6 @@ def synthetic_folder(source: SyntheticSource) -> Path:
     folder = base / f"synthetic-{key}"
     done = folder / ".complete"
     if not done.exists():
-        folder.mkdir(parents=True, exist_ok=True)
         config = SynthConfig(
             seed=source.seed,
             cycles=tuple(source.cycles),
@@ -133,6 +132,7 @@ def synthetic_folder(source: SyntheticSource) -> Path:
             weak_beam_dropout=source.weak_beam_dropout,
             cloud_fraction=source.cloud_fraction,
         )
+        folder.mkdir(parents=True, exist_ok=True)  # after the config is known to be valid
         generate(folder, config)
         done.write_text(json.dumps(params))
     return folder

@@ -117,13 +117,7 @@ def _context(hemisphere: str) -> tuple[list, Any, Any]:
     if hemisphere == "south":
         return (list(aoi.basins(polar_stereo=True).values()), aoi.outline(polar_stereo=True),
                 aoi.coastline(polar_stereo=True))
-    to_xy = getattr(aoi, "to_polar_stereo_north", None)
-    outline_of = getattr(aoi, "greenland_outline", None)
-    basins_of = getattr(aoi, "greenland_basins", None)
-    if to_xy is None or outline_of is None:
-        return [], None, None
-    basins = [to_xy(g) for g in basins_of().values()] if basins_of is not None else []
-    return basins, to_xy(outline_of()), None
+    return list(aoi.greenland_basins(polar_stereo=True).values()), aoi.greenland_outline(polar_stereo=True), None
 
 
 def _draw_context(ax, *, outline: bool, basins: bool, hemisphere: str = "south") -> None:
