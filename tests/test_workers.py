@@ -66,7 +66,12 @@ def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path)
         client.send_signal(signal.SIGKILL)
         client.wait()
         records_at_kill = len(list(ledger.glob("*.json")))
-        time.sleep(10)
+        gone_by = time.monotonic() + 10  # every worker gone within 10 s, and none started again after
+        while _alive(seen.values()) and time.monotonic() < gone_by:
+            time.sleep(0.2)
+        time.sleep(1.5)  # longer than the reaper's sweeps for a replacement worker (3 x 0.25 s)
+        for p in me.children(recursive=True) if me.is_running() else ():
+            seen.setdefault(p.pid, p)
         alive = _alive(seen.values())
         assert not alive, [(p.pid, " ".join(p.cmdline())[:100]) for p in alive]
         # Nothing writes after its client is gone, beyond the tasks a pool already held at the kill:
