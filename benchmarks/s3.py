@@ -295,10 +295,15 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def serve_proxy(upstream: str, latency_ms: float) -> int:
-    """Run the proxy on 127.0.0.1 (free port, printed as `PORT n`) until SIGTERM or SIGINT."""
+def serve_proxy(upstream: str, latency_ms: float, handler: type | None = None, tally: object | None = None) -> int:
+    """Run the proxy on 127.0.0.1 (free port, printed as `PORT n`) until SIGTERM or SIGINT; `handler` and
+    `tally` replace the request handler class and the request log (benchmarks/s3_requests.py)."""
     parts = urllib.parse.urlsplit(upstream)
     server = ProxyServer(("127.0.0.1", 0), (parts.hostname or "127.0.0.1", parts.port or 80), latency_ms / 1000)
+    if handler is not None:
+        server.RequestHandlerClass = handler
+    if tally is not None:
+        server.tally = tally
 
     def stop(*_: object) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

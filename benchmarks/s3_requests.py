@@ -131,25 +131,7 @@ def serve_proxy(upstream: str, latency_ms: float) -> int:
 
         do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _dispatch
 
-    parts = urllib.parse.urlsplit(upstream)
-    server = s3.ProxyServer(("127.0.0.1", 0), (parts.hostname or "127.0.0.1", parts.port or 80), latency_ms / 1000)
-    server.RequestHandlerClass = TimedHandler
-    server.tally = RequestLog()
-
-    import signal
-
-    def stop(*_: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    print(f"PORT {server.server_address[1]}", flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.close_connections()
-        server.server_close()
-    return 0
+    return s3.serve_proxy(upstream, latency_ms, handler=TimedHandler, tally=RequestLog())
 
 
 class LoggingProxy:
