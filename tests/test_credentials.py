@@ -75,6 +75,7 @@ def test_a_pickled_task_carries_the_credentials_of_the_moment_it_was_pickled(end
     options = cr.S3Options({}, creds)
     early = pickle.dumps(options)
     early_token = creds.s3fs()["token"]
+    endpoint.lifetime_s = 10  # the later credentials outlast a slow interpreter start below
     while creds.s3fs()["token"] == early_token:
         time.sleep(0.1)
     late = pickle.dumps(options)
@@ -91,15 +92,17 @@ def test_a_pickled_task_carries_the_credentials_of_the_moment_it_was_pickled(end
 
 def test_workers_renew_for_themselves_only_when_allowed(endpoint):
     script = ("import pickle, sys, time\nfrom polaragg.credentials import CredentialError\n"
-              "o = pickle.loads(bytes.fromhex(sys.argv[1]))\nfirst = dict(o)['token']\ntime.sleep(4.5)\n"
-              "try:\n    print('renewed' if dict(o)['token'] != first else 'same')\n"
+              "o = pickle.loads(bytes.fromhex(sys.argv[1]))\nsent = pickle.loads(bytes.fromhex(sys.argv[2]))\n"
+              "time.sleep(4.5)\n"  # the snapshot sent has expired by now, however slow this interpreter started
+              "try:\n    print('renewed' if dict(o)['token'] != sent else 'same')\n"
               "except CredentialError as exc:\n    print('error:', exc)\n")
     for allowed in (True, False):
         creds = cr.open_credentials(_earthdata(endpoint, workers_refresh=allowed), "granules")
         blob = pickle.dumps(cr.S3Options({}, creds))
+        sent = pickle.dumps(creds.s3fs()["token"])  # the token inside blob (pickled just before)
         assert (endpoint.bearer_token.encode() in blob) is allowed
         fetches = endpoint.fetches
-        out = subprocess.run([sys.executable, "-c", script, blob.hex()], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-c", script, blob.hex(), sent.hex()], capture_output=True, text=True,
                              timeout=60).stdout.strip()
         if allowed:
             assert out == "renewed" and endpoint.fetches > fetches
