@@ -1,5 +1,5 @@
-"""Shared test plumbing (no reference values): loading a benchmark script as a module, and executing a
-notebook against a recipe in a scratch folder with this interpreter's kernel."""
+"""Shared test plumbing (no reference values): loading a benchmark script as a module, executing a notebook
+against a recipe in a scratch folder with this interpreter's kernel, and finding a reference's rows in a store."""
 
 from __future__ import annotations
 
@@ -47,3 +47,15 @@ def execute_notebook(notebook: Path, recipe_file: Path, tmp_path: Path, monkeypa
                                      resources={"metadata": {"path": str(work)}})
     client.execute()  # raises CellExecutionError on the first failing cell
     return nb
+
+
+def store_positions(ds, cycles, index):
+    """(bin, cell) positions in a store's (time, cells) arrays of a reference indexed by (cycle, cell),
+    bins in the order of `cycles`; every reference cell must be one of the store's."""
+    import numpy as np
+
+    ids = ds.cell_ids.values
+    cyc = index.get_level_values("cycle").to_numpy()
+    cells = index.get_level_values("cell").to_numpy()
+    assert np.isin(cells, ids).all()
+    return np.searchsorted(cycles, cyc), np.searchsorted(ids, cells)

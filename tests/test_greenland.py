@@ -23,6 +23,7 @@ import xarray as xr
 from pyproj import Transformer
 
 import polaragg
+from helpers import store_positions
 from polaragg.cycles import cycle_bounds
 from polaragg.ledger import read_records
 from polaragg.products.atl06 import BEAMS, FILL_THRESHOLD, is_strong
@@ -336,10 +337,7 @@ def test_run_equals_brute_force(executor, run_on, reference):
     cycles = sorted(reference.index.get_level_values("cycle").unique())
     assert ds.sizes["time"] == len(cycles) == 4
     ids = ds.cell_ids.values
-    cyc = reference.index.get_level_values("cycle").to_numpy()
-    cells = reference.index.get_level_values("cell").to_numpy()
-    assert np.isin(cells, ids).all()
-    b, pos = np.searchsorted(cycles, cyc), np.searchsorted(ids, cells)
+    b, pos = store_positions(ds, cycles, reference.index)
     np.testing.assert_array_equal(ds["count"].values[b, pos], reference["count"].to_numpy())
     assert int(ds["count"].sum()) == int(reference["count"].sum()) == summary.observations
     for name in STATS:

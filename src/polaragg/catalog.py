@@ -183,6 +183,10 @@ class Catalog:
         return pd.DataFrame({"cell": np.concatenate(cells), "row": np.concatenate(rows),
                              "expected_rows": np.concatenate(expected)})
 
+    def reads_s3(self) -> bool:
+        """Whether any granule is read from an s3:// URL (the run then needs the granules' credentials)."""
+        return bool(self.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
+
     def hemispheres(self) -> set[str]:
         """Hemispheres of the granules whose footprints cross the AOI, from their region numbers."""
         crossing = self.granules[self.granules.parent_cells.map(len) > 0]

@@ -127,7 +127,7 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     catalog = load_catalog(recipe)
     plan = plan_recipe(recipe, catalog)
     work_dir = work_dir or recipe.executor.work_dir
-    needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
+    needs_granules = catalog.reads_s3()
     credentials = run_credentials(recipe.credentials, needs_granules, is_remote(work_dir or ""),
                                   leaves_client=recipe.executor.name not in IN_PROCESS_EXECUTORS)
     plan = dataclasses.replace(plan, storage_options=credentials.options("s3://", "granules"))
@@ -225,7 +225,7 @@ def check(recipe: Recipe | str, *, store: str | None = None, executor: str | Non
             catalog = load_catalog(recipe)
         except Exception as exc:  # noqa: BLE001 - the check's one line
             return failed + [Check("catalog", "failed", " ".join(str(exc).split()) or type(exc).__name__)]
-        needs_granules = bool(catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any())
+        needs_granules = catalog.reads_s3()
         if needs_granules:
             try:
                 credentials = dataclasses.replace(
@@ -276,11 +276,11 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
                          "replace it, --resume to finish it or --append to add time bins")
     preflight(choice)  # a cloud executor's service answers, before anything is created
     catalog = load_catalog(recipe)
-    if catalog.granules.url.astype(str).str.startswith(("s3://", "s3a://")).any():
+    if catalog.reads_s3():
         credentials = dataclasses.replace(
             credentials, granules=run_credentials(recipe.credentials, True, False, leaves_client=leaves).granules)
         _forget_when_done(scopes, dataclasses.replace(credentials, store=None))
-        scopes.enter_context(options_scope({k: v for k, v in credentials.scopes([]).items()}))
+        scopes.enter_context(options_scope(credentials.scopes([])))
     if append:
         plan, inputs = _append_plan(recipe, catalog, store, choice)
     else:
