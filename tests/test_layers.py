@@ -33,7 +33,7 @@ LAYERS: dict[str, set[str]] = {
     # the retry policy they share
     "io": {"fs", "retry", "credentials", "chunks", "read", "intermediate", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},
     # one task, the plan, executors and cloud services, cost, progress, the runner
-    "execution": {"aggregate", "plan", "executors", "dask_plugin", "preflight", "cloud", "calibration", "cost", "progress", "runner"},
+    "execution": {"aggregate", "plan", "executors", "forkserver", "dask_plugin", "preflight", "cloud", "calibration", "cost", "progress", "runner"},
     # the public entry points: the package namespace, the command line, build scripts
     "interface": {"", "cli", "data.build_basins", "data.build_greenland"},
 }

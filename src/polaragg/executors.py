@@ -37,8 +37,10 @@ PUSH_INTERVAL_S = 1.0  # how often a Dask client checks whether its credentials 
 logger = logging.getLogger(__name__)
 
 
-# Modules a `processes` worker needs, imported once by the fork server instead of by every worker.
-FORKSERVER_PRELOAD = ["polaragg.plan", "polaragg.read", "polaragg.chunks", "h5py", "healpix_geo.nested", "zarr"]
+# Modules a `processes` worker needs (the task modules, and Cubed's, which unpickling a task imports),
+# imported once by the fork server instead of by every worker; `polaragg.forkserver` last.
+FORKSERVER_PRELOAD = ["polaragg.plan", "polaragg.read", "polaragg.chunks", "h5py", "healpix_geo.nested", "zarr",
+                      "cubed", "cubed.runtime.executors.local", "polaragg.forkserver"]
 
 
 def _start_method() -> str:
@@ -50,6 +52,18 @@ def _start_method() -> str:
         return "spawn"
     multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     return "forkserver"
+
+
+def start_workers_early(choice: ExecutorChoice) -> None:
+    """Start the fork server of a `processes` run now, so that its imports overlap the client's
+    catalog and plan instead of delaying the first task (a no-op for other executors, or if it runs).
+    The server, and so every worker forked from it, carries the client's marker (`guard_workers`)."""
+    if choice.name != "processes" or _start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    guard_workers()
+    forkserver.ensure_running()
 
 
 def cubed_executor(choice: ExecutorChoice):

@@ -122,14 +122,24 @@ class Location:
         put_whole(f"{self.url.rstrip('/')}/{_safe(record.granule)}.json", [json.dumps(asdict(record)).encode()],
                   self.storage_options)
 
+    def _read(self, name: str, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of one of the folder's objects. Local folders are read with plain file
+        calls: the cell stage reads one range per (granule, task), and fsspec's per-call overhead
+        was a fifth of its CPU time."""
+        if "://" not in self.url or self.url.startswith("file://"):
+            with open(f"{self.url.removeprefix('file://').rstrip('/')}/{name}", "rb") as f:
+                f.seek(start)
+                return f.read(-1 if end is None else end - start)
+        fs, root = self._fs()
+        return fs.cat_file(f"{root}/{name}", start=start or None, end=end)
+
     def record(self, granule: str, key: str, source: str | None = None) -> GranuleRecord | None:
         """The granule's record if one was made for `key` (and from `source`, when given), else None.
 
         A record that cannot be read (torn by a crash, or of another format) counts as absent.
         """
-        fs, root = self._fs()
         try:
-            data = json.loads(fs.cat_file(f"{root}/{_safe(granule)}.json"))
+            data = json.loads(self._read(f"{_safe(granule)}.json"))
             record = GranuleRecord(**data)
         except (FileNotFoundError, ValueError, TypeError):
             return None
@@ -140,9 +150,8 @@ class Location:
     def read_segment(self, granule: str, first: int, rows: int,
                      columns: tuple[tuple[str, np.dtype], ...]) -> dict[str, np.ndarray]:
         """One (granule, task) segment, its `columns` (`row_columns`)."""
-        fs, root = self._fs()
         size = row_bytes(columns)
-        raw = fs.cat_file(f"{root}/{_safe(granule)}.bin", start=first * size, end=(first + rows) * size)
+        raw = self._read(f"{_safe(granule)}.bin", first * size, (first + rows) * size)
         if len(raw) != rows * size:
             raise OSError(f"partition of {granule} is truncated ({len(raw)} of {rows * size} bytes)")
         out, pos = {}, 0

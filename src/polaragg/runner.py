@@ -29,7 +29,7 @@ from .catalog import Catalog
 from .cost import puts_per_task, run_cost
 from .credentials import RunCredentials
 from .domain import ExecutorChoice
-from .executors import cubed_executor, preflight, remove_lithops_job_data
+from .executors import cubed_executor, preflight, remove_lithops_job_data, start_workers_early
 from .intermediate import SUFFIX as PARTITIONS_SUFFIX
 from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
@@ -275,6 +275,7 @@ def _run(recipe: Recipe, store: str, choice: ExecutorChoice, resume: bool, overw
         raise StoreError(f"{store} already holds a polaragg store; pass --overwrite (output.overwrite: true) to "
                          "replace it, --resume to finish it or --append to add time bins")
     preflight(choice)  # a cloud executor's service answers, before anything is created
+    start_workers_early(choice)  # the fork server's imports overlap the catalog and the plan
     catalog = load_catalog(recipe)
     if catalog.reads_s3():
         credentials = dataclasses.replace(
