@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Location:
 
     def write_record(self, record: GranuleRecord) -> None:
         """A granule's record, written after its rows: a record means its rows are complete."""
-        put_whole(f"{self.url.rstrip('/')}/{_safe(record.granule)}.json", [json.dumps(asdict(record)).encode()],
+        put_whole(f"{self.url.rstrip('/')}/{_safe(record.granule)}.json", [json.dumps(vars(record)).encode()],
                   self.storage_options)
 
     def _read(self, name: str, start: int = 0, end: int | None = None) -> bytes:

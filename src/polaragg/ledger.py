@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Literal
 
 import fsspec
@@ -92,7 +92,7 @@ def ledger_location(store_url: str, storage_options: dict | None = None):
 
 def write_record(store_url: str, record: TaskRecord, storage_options: dict | None = None) -> None:
     """Write a task's record whole or not at all (a crash never leaves a torn record)."""
-    put_whole(f"{store_url.rstrip('/')}{LEDGER_SUFFIX}/{record.key}.json", [json.dumps(asdict(record)).encode()],
+    put_whole(f"{store_url.rstrip('/')}{LEDGER_SUFFIX}/{record.key}.json", [json.dumps(vars(record)).encode()],
               storage_options)
 
 
