@@ -358,6 +358,7 @@ class Run:
     moto_span: tuple[int, int] = (0, 0)  # byte offsets of the run's lines in moto's log
     granule_points: list[dict] = field(default_factory=list, repr=False)  # per granule
     task_points: list[dict] = field(default_factory=list, repr=False)  # per cell task
+    reported_cost: dict = field(default_factory=dict, repr=False)  # the run's own cost report (RunSummary.cost)
 
 
 def puts_per_task(plan) -> int:
@@ -393,6 +394,7 @@ def measure_run(proxy: LoggingProxy, moto_log: Path, doc: dict, files: list[Path
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             summary = polaragg.run(recipe, store=out.store, executor="single-threaded", progress=False)
+            out.reported_cost = dict(summary.cost or {})
             out.observations = int(summary.observations)
         except Exception as exc:  # noqa: BLE001 - report it, go on with the other runs
             out.error = (f"{type(exc).__name__}: {exc}".splitlines() or ["?"])[0][:300]

@@ -59,3 +59,32 @@ def store_positions(ds, cycles, index):
     cells = index.get_level_values("cell").to_numpy()
     assert np.isin(cells, ids).all()
     return np.searchsorted(cycles, cyc), np.searchsorted(ids, cells)
+
+
+def one_pass_requests(records: list[dict], reader: str, puts_per_task: int) -> tuple[float, float]:
+    """(GET-class, PUT-class) S3 requests of a run by docs/cost.md's request model, evaluated here on
+    ledger records as plain dicts with the measured figures read as JSON: each granule the records report,
+    with its rows; each task's segments (its granules read when not recorded) and reported records; the
+    client's requests. Records that report no granule count each task's granules as read, with 0 rows."""
+    import json
+
+    import polaragg
+
+    figures = json.loads((Path(polaragg.__file__).parent / "data" / "onepass_measured.json").read_text())
+    f = figures["readers"][reader]
+    g, c, k = f["granule_stage"], f["cell_stage"], f["client"]
+    reports = [x for r in records for x in r.get("granule_reports", [])]
+    rows = [float(x["rows"]) for x in reports] or [0.0] * sum(int(r["granules_read"]) for r in records)
+    per_granule = (g["granule_gets"]["per_granule"] + g["granule_heads_per_granule"]
+                   + g["other_get_class_per_granule"])
+    gets = sum(per_granule + g["granule_gets"]["per_row"] * n for n in rows)
+    puts = len(rows) * g["put_class_per_granule"]
+    for r in records:
+        segments = r.get("segments")
+        segments = r["granules_read"] if segments is None else segments
+        gets += (segments * c["segment_gets_per_segment"]
+                 + len(r.get("granule_reports", [])) * c["record_get_class_per_granule"] + c["other_get_class_per_task"])
+        puts += puts_per_task + c["other_put_class_per_task"]
+    gets += k["get_class_per_run"] + k["get_class_per_task"] * len(records)
+    puts += k["put_class_per_run"] + k["put_class_per_task"] * len(records)
+    return gets, puts

@@ -19,6 +19,8 @@ import xarray as xr
 import yaml
 import zarr
 
+from helpers import one_pass_requests
+
 import polaragg
 from polaragg import read
 from polaragg.cli import main
@@ -231,8 +233,9 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     hours = math.fsum(k * s for k, s in zip(attempts, seconds)) / c7g["vcpus"] / 3600.0
     ec2 = hours * c7g["hourly"]
     fee = hours * c7g["vcpus"] * price["coiled_fee_per_cpu_hour"]
-    gets = len(granules) * price["s3_gets_per_granule"]  # each granule is read once, by the granule stage
-    puts = len(records) * (len(ds.data_vars) + 1) + len(granules)
+    # docs/cost.md's request model with the reader's measured figures: granules once, segments, records, client
+    gets, puts = one_pass_requests(records, json.loads(ds.attrs["recipe"])["reader"], len(ds.data_vars) + 1)
+    gets, puts = round(gets), round(puts)
     s3 = gets * price["s3_get_per_1000"] / 1000 + puts * price["s3_put_per_1000"] / 1000
 
     assert reported["executor"] == "threads" and reported["total_usd"] is None  # a local run: no bill

@@ -261,6 +261,7 @@ class TaskResult:
     failed: tuple[str, ...]  # granules the task lists whose read failed
     seconds: float
     cpu_seconds: float
+    segments: int = 0  # partition segments read
 
 
 @dataclass(frozen=True)
@@ -312,12 +313,13 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     has = has[np.argsort(rank[has], kind="stable")]
     columns = row_columns(job.chunk_cells, job.bins.fit)
     parts: list[list[tuple[np.ndarray, np.ndarray | None]]] = [[] for _ in job.shifts]
-    n_obs, groups = 0, job.groups()
+    n_obs, n_segments, groups = 0, 0, job.groups()
     for lo, hi in groups:
         mine = has
         if len(groups) > 1 and job.granule_bins:  # a granule of one bin is read only for its group
             gb = np.asarray(job.granule_bins, np.int64)[has]
             mine = has[(gb == NO_BIN) | ((gb >= lo) & (gb < hi))]
+        n_segments += int(mine.size)
         segs = [job.location.read_segment(granules[g].granule_id, int(first[g]), int(rows[g]), columns) for g in mine]
         cols = {name: (np.concatenate([p[name] for p in segs]) if segs else np.empty(0, dtype))
                 for name, dtype in columns}
@@ -353,6 +355,7 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
         failed=tuple(granules[g].granule_id for g in failed if int(g) in listed_set),
         seconds=time.perf_counter() - start,
         cpu_seconds=time.process_time() - cpu,
+        segments=n_segments,
     )
 
 

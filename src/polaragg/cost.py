@@ -29,9 +29,10 @@ Model of a finished run, per task (one ledger record):
   EC2 $ = hours x hourly (x spot factor); Coiled fee = hours x vCPUs x fee per CPU-hour.
 - Invocations and seconds: every cell-stage task, plus every granule-stage task (its record is carried by
   the one cell task that reports the granule, `TaskRecord.granule_reports`).
-- S3 requests: GETs = granules read x `s3_gets_per_granule` (each granule once when the records report
-  the granule stage, else once per task that read it); PUTs = tasks x (stored variables + 1 ledger
-  record) + one partition per granule. Transfer inside the region is free.
+- S3 requests: the projection's request model (`requests_of`, with the measured figures of the run's
+  reader) applied to the ledger's own counts: each granule the granule stage reported, with the rows it
+  read; each cell task's partition segments, reported records and chunk PUTs (stored variables + 1 ledger
+  record unless `puts_per_task` is given); the client's requests. Transfer inside the region is free.
 
 Model of a projection (`project_full_cycle`, `estimate`; docs/cost.md): per task, CPU-seconds, GET-class and
 PUT-class requests and GET bytes from the measured figures (granule stage linear in rows, cell stage in
@@ -281,7 +282,7 @@ def _price(
     records: Sequence[TaskRecord], prices: PriceTable, *, kind: str, executor: str | None,
     lambda_memory_mb: int, architecture: str, instance: str, n_instances: int | None,
     wall_seconds: float | None, instance_wall_seconds: float | None, spot: bool,
-    gets_per_granule: float | None, puts_per_task: int | None, lambda_init_seconds: float,
+    figures: OnePassFigures, puts_per_task: int | None, lambda_init_seconds: float,
     notes: list[str],
 ) -> CostReport:
     if not prices.lambda_memory_mb_min <= lambda_memory_mb <= prices.lambda_memory_mb_max:
@@ -291,7 +292,6 @@ def _price(
     inst = prices.instance(instance)
     if n_instances is not None and n_instances < 1:
         raise ValueError(f"n_instances must be >= 1, got {n_instances}")
-    gets_per_granule = prices.s3_gets_per_granule if gets_per_granule is None else gets_per_granule
     puts_per_task = _stored_variables() + 1 if puts_per_task is None else puts_per_task
 
     # Invocations: every cell-stage task, and every granule-stage task its granule's reporter recorded.
@@ -337,11 +337,9 @@ def _price(
     ec2 = hours * inst.hourly * (prices.spot_factor if spot else 1.0)
     fee = hours * vcpus * prices.coiled_fee_per_cpu_hour
 
-    # S3 requests.
-    # A granule is read once by the granule stage when the records report it, else once per task reading it.
-    reported = sum(len(r.granule_reports) for r in records)
-    gets = int(round((reported or sum(int(r.granules_read) for r in records)) * gets_per_granule))
-    puts = len(records) * int(puts_per_task) + reported
+    # S3 requests: the one-pass request model with the measured figures, applied to the ledger's own counts.
+    requests = requests_of(_ledger_workload(records, int(puts_per_task), notes), figures)
+    gets, puts = int(round(requests.gets)), int(round(requests.puts))
     s3 = gets * prices.s3_get_per_1000 / 1000.0 + puts * prices.s3_put_per_1000 / 1000.0
 
     if invocations > len(seconds):
@@ -358,6 +356,32 @@ def _price(
         lambda_request_usd=lambda_requests, lambda_usd=lambda_duration + lambda_requests,
         instance=instance, spot=spot, instance_hours=hours, instance_hours_basis=basis, ec2_usd=ec2,
         coiled_fee_usd=fee, coiled_usd=ec2 + fee, s3_gets=gets, s3_puts=puts, s3_usd=s3, notes=tuple(notes),
+        s3_get_bytes=int(round(requests.get_bytes)),
+    )
+
+
+def _ledger_workload(records: Sequence[TaskRecord], puts_per_task: int, notes: list[str]) -> Workload:
+    """The workload a run's ledger records describe: each granule the granule stage reported with the rows
+    it read; each cell task with its observations, the partition segments it read and the records it
+    reported. Records of a run whose granule stage is not reported count each task's granules as read whole
+    by that task (as before the one-pass design), with the per-granule figures only."""
+    reports = [g for r in records for g in r.granule_reports]
+    if reports:
+        rows = np.array([float(g.get("rows", 0)) for g in reports], dtype=np.float64)
+    else:
+        rows = np.zeros(sum(int(r.granules_read) for r in records), dtype=np.float64)
+        if rows.size:
+            notes.append("the records do not report the granule stage: each task's granules are counted as "
+                         "read by it, at the per-granule request figures")
+    return Workload(
+        granule_granules=np.ones(rows.size), granule_rows=rows,
+        cell_observations=np.array([float(r.observations) for r in records], dtype=np.float64),
+        cell_segments=np.array([float(r.granules_read if r.segments is None else r.segments) for r in records],
+                               dtype=np.float64),
+        cell_reported=np.array([float(len(r.granule_reports)) for r in records], dtype=np.float64),
+        cell_rows=np.array([float(r.rows_in_cell) for r in records], dtype=np.float64),
+        cell_listed=np.array([float(r.granules) for r in records], dtype=np.float64),
+        puts_per_task=puts_per_task,
     )
 
 
@@ -372,14 +396,17 @@ def run_cost(
     n_instances: int | None = None,
     wall_seconds: float | None = None,
     spot: bool = False,
-    gets_per_granule: float | None = None,
     puts_per_task: int | None = None,
     lambda_init_seconds: float = 0.0,
+    reader: str = "h5coro",
+    figures: OnePassFigures | None = None,
 ) -> CostReport:
     """The cost of a finished run from its ledger records alone (see the module docstring for the model).
 
     `executor` defaults to the one named in the records. `wall_seconds` is reported when given and, with
     `n_instances`, sets the instance-hours. `lambda_init_seconds` adds a billed INIT per invocation.
+    S3 requests follow the measured figures of `reader` (`calibration.measured_figures`) unless `figures`
+    are given.
     """
     records = list(records)
     executor = executor or _infer_executor(records)
@@ -390,7 +417,7 @@ def run_cost(
     return _price(
         records, prices or load_prices(), kind="actual", executor=executor, lambda_memory_mb=lambda_memory_mb,
         architecture=architecture, instance=instance, n_instances=n_instances, wall_seconds=wall_seconds,
-        instance_wall_seconds=wall_seconds, spot=spot, gets_per_granule=gets_per_granule,
+        instance_wall_seconds=wall_seconds, spot=spot, figures=figures or measured_figures(reader),
         puts_per_task=puts_per_task, lambda_init_seconds=lambda_init_seconds, notes=notes,
     )
 
@@ -461,6 +488,59 @@ class StageCost:
     get_bytes: float
     workers: int
     wall_seconds: float  # max(slowest task, lambda_seconds / workers)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """S3 requests and GET bytes of a workload by the measured figures: per granule-stage task, per cell
+    task, and the client's own."""
+
+    granule_gets: np.ndarray
+    granule_puts: np.ndarray
+    granule_bytes: np.ndarray
+    cell_gets: np.ndarray
+    cell_puts: np.ndarray
+    cell_bytes: np.ndarray
+    client_gets: float
+    client_puts: float
+
+    @property
+    def gets(self) -> float:
+        return math.fsum(self.granule_gets.tolist()) + math.fsum(self.cell_gets.tolist()) + self.client_gets
+
+    @property
+    def puts(self) -> float:
+        return math.fsum(self.granule_puts.tolist()) + math.fsum(self.cell_puts.tolist()) + self.client_puts
+
+    @property
+    def get_bytes(self) -> float:
+        return math.fsum(self.granule_bytes.tolist()) + math.fsum(self.cell_bytes.tolist())
+
+
+def requests_of(work: Workload, figures: OnePassFigures) -> Requests:
+    """The request model of the one-pass design (docs/cost.md), shared by projections and finished runs.
+
+    Granule stage, per task of n granules and R rows: GET-class n x (GETs + HEADs + other GET-class per
+    granule) + R x GETs per row, PUT-class n x per granule, bytes n x per granule + R x per row. Cell stage,
+    per task: a ranged GET per segment, the GET-class requests of each partition record it reports, its
+    chunk and record PUTs (`work.puts_per_task`), bytes per observation. Client: its requests per run and
+    its ledger read-back per cell task."""
+    g, c, k = figures.granule, figures.cell, figures.client
+    n, rows = work.granule_granules.astype(np.float64), work.granule_rows.astype(np.float64)
+    obs, seg = work.cell_observations.astype(np.float64), work.cell_segments.astype(np.float64)
+    n_tasks = int(obs.size)
+    return Requests(
+        granule_gets=n * (g.gets_per_granule + g.heads_per_granule + g.other_get_class_per_granule)
+        + rows * g.gets_per_row,
+        granule_puts=n * g.put_class_per_granule,
+        granule_bytes=n * g.get_bytes_per_granule + rows * g.get_bytes_per_row,
+        cell_gets=seg * c.segment_gets_per_segment + work.cell_reported.astype(np.float64)
+        * c.record_get_class_per_granule + c.other_get_class_per_task,
+        cell_puts=np.full(n_tasks, float(work.puts_per_task) + c.other_put_class_per_task),
+        cell_bytes=obs * c.segment_bytes_per_observation,
+        client_gets=k.get_class_per_run + k.get_class_per_task * n_tasks,
+        client_puts=k.put_class_per_run + k.put_class_per_task * n_tasks,
+    )
 
 
 @dataclass(frozen=True)
@@ -561,16 +641,13 @@ def _project(
     gb_second = prices.lambda_gb_second(architecture)
     inst = prices.instance(instance)
     cpu_scale = max(1.0, prices.lambda_mb_per_vcpu / lambda_memory_mb)
-    g, c, k = figures.granule, figures.cell, figures.client
+    g, c = figures.granule, figures.cell
     n_g_tasks, n_c_tasks = int(work.granule_rows.size), int(work.cell_observations.size)
+    req = requests_of(work, figures)
 
     # Granule stage: per task of n granules and R rows, each figure is n x (per granule) + R x (per row).
     n, rows = work.granule_granules.astype(np.float64), work.granule_rows.astype(np.float64)
     g_cpu = n * g.cpu_seconds_per_granule + rows * g.cpu_seconds_per_row
-    g_gets = (n * (g.gets_per_granule + g.heads_per_granule + g.other_get_class_per_granule)
-              + rows * g.gets_per_row)
-    g_puts = n * g.put_class_per_granule
-    g_bytes = n * g.get_bytes_per_granule + rows * g.get_bytes_per_row
     # Cell stage.
     obs, seg = work.cell_observations.astype(np.float64), work.cell_segments.astype(np.float64)
     if calibration is not None:  # its task seconds already hold the granule stage it was fitted with
@@ -581,17 +658,14 @@ def _project(
                      "granule stage included, charged to the cell tasks) instead of the measured ones")
     else:
         c_cpu = c.cpu_seconds(obs, seg)
-    c_gets = (seg * c.segment_gets_per_segment + work.cell_reported * c.record_get_class_per_granule
-              + c.other_get_class_per_task)
-    c_puts = np.full(n_c_tasks, float(work.puts_per_task) + c.other_put_class_per_task)
-    c_bytes = obs * c.segment_bytes_per_observation
 
     limit = int(prices.lambda_concurrency) if concurrency is None else int(concurrency)
     workers_of = (lambda tasks: max(1, min(limit, tasks)))
-    g_stage, g_full, g_lambda = _stage("granule stage", g_cpu, g_gets, g_puts, g_bytes, g.request_concurrency,
-                                       prices, cpu_scale, workers_of(n_g_tasks))
-    c_stage, c_full, c_lambda = _stage("cell stage", c_cpu, c_gets, c_puts, c_bytes, c.request_concurrency,
-                                       prices, cpu_scale, workers_of(n_c_tasks))
+    g_stage, g_full, g_lambda = _stage("granule stage", g_cpu, req.granule_gets, req.granule_puts,
+                                       req.granule_bytes, g.request_concurrency, prices, cpu_scale,
+                                       workers_of(n_g_tasks))
+    c_stage, c_full, c_lambda = _stage("cell stage", c_cpu, req.cell_gets, req.cell_puts, req.cell_bytes,
+                                       c.request_concurrency, prices, cpu_scale, workers_of(n_c_tasks))
     seconds_lambda = np.concatenate([g_lambda, c_lambda])
     seconds_full = np.concatenate([g_full, c_full])
 
@@ -627,8 +701,7 @@ def _project(
     fee = hours * inst.vcpus * prices.coiled_fee_per_cpu_hour
 
     # S3 requests: both stages and the client (its fixed requests once, its ledger read-back per task).
-    gets = g_stage.gets + c_stage.gets + k.get_class_per_run + k.get_class_per_task * n_c_tasks
-    puts = g_stage.puts + c_stage.puts + k.put_class_per_run + k.put_class_per_task * n_c_tasks
+    gets, puts = req.gets, req.puts
     s3 = gets * prices.s3_get_per_1000 / 1000.0 + puts * prices.s3_put_per_1000 / 1000.0
 
     stages = (g_stage, c_stage)
@@ -646,7 +719,7 @@ def _project(
         lambda_request_usd=lambda_requests, lambda_usd=lambda_duration + lambda_requests,
         instance=instance, spot=spot, instance_hours=hours, instance_hours_basis=basis, ec2_usd=ec2,
         coiled_fee_usd=fee, coiled_usd=ec2 + fee, s3_gets=int(round(gets)), s3_puts=int(round(puts)), s3_usd=s3,
-        notes=tuple(notes), s3_get_bytes=int(round(g_stage.get_bytes + c_stage.get_bytes)),
+        notes=tuple(notes), s3_get_bytes=int(round(req.get_bytes)),
         stages=tuple(asdict(st) for st in stages), assumptions=assumptions,
         reference=tuple(asdict(r) for r in published_reference(prices)),
         lambda_cold_starts=cold, lambda_wall_seconds=wall_lambda,

@@ -64,6 +64,7 @@ class TaskRecord:
     # on threads and dask they also count the tasks running beside.
     cpu_seconds: float = 0.0
     granule_cpu_seconds: float = 0.0
+    segments: int | None = None  # (granule, task) segments of the partitions read (None: not recorded)
 
     @property
     def key(self) -> str:

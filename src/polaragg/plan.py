@@ -540,6 +540,7 @@ class _ReduceAndStore:
             projected_memory_bytes=task.projected_bytes, run_id=self.target.run_id,
             granule_reports=reports, granule_seconds=sum(r["seconds"] for r in reports),
             cpu_seconds=result.cpu_seconds, granule_cpu_seconds=sum(r["cpu_seconds"] for r in reports),
+            segments=result.segments,
         )
 
 

@@ -57,7 +57,6 @@ class PriceTable:
     s3_get_per_1000: float
     spot_factor: float
     coiled_fee_per_cpu_hour: float
-    s3_gets_per_granule: float
     # Assumptions of projections (the `assumptions:` section): not prices, not measured.
     s3_request_latency_seconds: float
     s3_worker_mb_per_second: float

@@ -373,7 +373,8 @@ def _run_locked(job: _Job) -> RunSummary:
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
                             granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
-        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan))
+        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan),
+                        reader=recipe.reader)
         finalize_store(store, {"run_summary": json.dumps({k: v for k, v in dataclasses.asdict(summary).items()
                                                           if k != "cost"}),
                                "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
