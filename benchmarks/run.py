@@ -28,6 +28,7 @@ import argparse
 import csv
 import dataclasses
 import datetime as dt
+import itertools
 import math
 import shutil
 import statistics
@@ -287,16 +288,35 @@ def analyse(out: RunResult, records, summary, executor: str, machine: str) -> No
     out.cycle_s3_usd = cycle.s3_usd
 
 
+_RUNS = itertools.count()
+_MADE: list[str] = []  # stores of this benchmark, removed at its end (remove_stores)
+
+
+def remove_stores() -> None:
+    """Delete every store this benchmark made, with its ledger and any partitions left."""
+    while _MADE:
+        store = _MADE.pop()
+        for suffix in ("", ".ledger", ".partitions"):
+            shutil.rmtree(store + suffix, ignore_errors=True)
+
+
 def run_one(recipe, executor: str, workdir: Path, label: str, machine: str, sparse: bool = False) -> RunResult:
     """One `polaragg.run` in this process; `sparse`: sample other processes only at the start and end
-    (so the sampler's CPU stays out of `process_cpu`)."""
+    (so the sampler's CPU stays out of `process_cpu`).
+
+    Each run writes a new store, kept until the workdir is removed at the end: deleting the ~700 files of
+    a run just before the next one made that run pay for them. On this machine's ext4 (no journal) a file
+    created within a minute or so of many deletions costs up to ~0.8 ms of system CPU, as the inode
+    allocator steps over every recently freed inode, where it costs ~0.07 ms otherwise; that added up to
+    0.4 s to a single-threaded run (docs/one-pass-design.md, "File creation")."""
     import polaragg
     from polaragg.domain import ExecutorChoice
     from polaragg.ledger import read_records
 
     cores = 1 if executor == "single-threaded" else ExecutorChoice(executor, recipe.executor.max_workers).workers
     out = RunResult(executor=executor, label=label, cores=cores)
-    store = str(workdir / f"{label}.zarr")
+    store = str(workdir / f"{label}-{next(_RUNS)}.zarr")
+    _MADE.append(store)
     try:
         with OtherLoad(interval=SPARSE if sparse else 0.5) as load:
             c0, t0 = time.process_time(), time.perf_counter()
@@ -308,10 +328,6 @@ def run_one(recipe, executor: str, workdir: Path, label: str, machine: str, spar
         analyse(out, read_records(store), summary, executor, machine)
     except Exception as exc:  # one broken executor must not lose the others' figures
         out.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-    finally:
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.rmtree(store + ".ledger", ignore_errors=True)
-        shutil.rmtree(store + ".partitions", ignore_errors=True)
     return out
 
 
@@ -430,13 +446,12 @@ def warm_up(recipe, workdir: Path) -> None:
     tiny = recipe.aoi.model_copy(update={"bbox": (88.0, -86.2, 89.0, -86.0), "polygon": None, "basins": None,
                                          "outline": False, "geojson": None, "crs": None})
     store = str(workdir / "warmup.zarr")
+    _MADE.append(store)  # kept until the end, like the measured runs' stores (run_one)
     try:
         polaragg.run(recipe.model_copy(update={"aoi": tiny}), store=store, executor="single-threaded",
                      progress=False)
     except Exception as exc:  # noqa: BLE001 - only a warm-up
         print(f"  warm-up failed ({exc}); continuing", file=sys.stderr)
-    for suffix in ("", ".ledger", ".partitions"):
-        shutil.rmtree(store + suffix, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1220,6 +1235,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(out / "scaling.csv", SCALING_COLUMNS, rows)
     (out / "latest.md").write_text(markdown(ctx))
     plot(out / "latest.png", runs, floor, scaling, ctx["reference"])
+    remove_stores()
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"wrote {out}/latest.md, latest.csv, acceptance.csv, latest.png" + (", scaling.csv" if scaling else "")
