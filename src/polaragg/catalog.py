@@ -108,6 +108,9 @@ class Catalog:
         object.__setattr__(self, "skipped", tuple(self.skipped))
         object.__setattr__(self, "duplicates", tuple(self.duplicates))
         object.__setattr__(self, "_index", _cell_index(self.granules))
+        # granule ids and URLs as plain strings: a plan asks for the references of every parent
+        object.__setattr__(self, "_ids", self.granules.granule_id.astype(str).to_numpy(dtype=object))
+        object.__setattr__(self, "_urls", self.granules.url.astype(str).to_numpy(dtype=object))
 
     @property
     def parents_with_granules(self) -> np.ndarray:
@@ -213,9 +216,7 @@ class Catalog:
     def granule_refs(self, rows: np.ndarray) -> tuple[GranuleRef, ...]:
         """References of the granules at the given catalog rows, in catalog order."""
         rows = np.unique(rows)
-        ids = self.granules.granule_id.to_numpy()[rows]
-        urls = self.granules.url.to_numpy()[rows]
-        return tuple(GranuleRef(str(i), str(u)) for i, u in zip(ids.tolist(), urls.tolist()))
+        return tuple(GranuleRef(i, u) for i, u in zip(self._ids[rows].tolist(), self._urls[rows].tolist()))
 
 
     def write(self, path: str | Path) -> Path:
@@ -235,7 +236,7 @@ class Catalog:
     @classmethod
     def read(cls, path: str | Path) -> "Catalog":
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(path, use_threads=False)  # small: Arrow's thread pool costs more CPU than it saves
         except (OSError, pa.ArrowInvalid) as exc:
             raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
         try:

@@ -174,10 +174,10 @@ def folder_catalog(folder: Path, parents: np.ndarray, order: int) -> Catalog:
         raise CatalogError(f"granule folder not found: {folder}")
     h = hashlib.sha256(f"{CATALOG_CACHE_FORMAT}:{POLARAGG_VERSION}:{folder.resolve()}:{order}:".encode())
     h.update(np.ascontiguousarray(parents, dtype=np.uint64).tobytes())
-    for path in sorted(folder.iterdir()):
-        if path.name.endswith((".umm.json", ".h5")):
-            st = path.stat()
-            h.update(f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino};".encode())
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.endswith((".umm.json", ".h5")):
+            st = entry.stat()
+            h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino};".encode())
     cached = default_cache_dir() / "catalogs" / f"{h.hexdigest()[:24]}.parquet"
     if cached.is_file():
         try:
