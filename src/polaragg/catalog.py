@@ -108,9 +108,9 @@ class Catalog:
         object.__setattr__(self, "skipped", tuple(self.skipped))
         object.__setattr__(self, "duplicates", tuple(self.duplicates))
         object.__setattr__(self, "_index", _cell_index(self.granules))
-        # granule ids and URLs as plain strings: a plan asks for the references of every parent
-        object.__setattr__(self, "_ids", self.granules.granule_id.astype(str).to_numpy(dtype=object))
-        object.__setattr__(self, "_urls", self.granules.url.astype(str).to_numpy(dtype=object))
+        # one reference per granule, shared by every parent's list (a plan pickles each granule once)
+        object.__setattr__(self, "_refs", tuple(GranuleRef(i, u) for i, u in zip(
+            self.granules.granule_id.astype(str).tolist(), self.granules.url.astype(str).tolist())))
 
     @property
     def parents_with_granules(self) -> np.ndarray:
@@ -215,8 +215,8 @@ class Catalog:
 
     def granule_refs(self, rows: np.ndarray) -> tuple[GranuleRef, ...]:
         """References of the granules at the given catalog rows, in catalog order."""
-        rows = np.unique(rows)
-        return tuple(GranuleRef(i, u) for i, u in zip(self._ids[rows].tolist(), self._urls[rows].tolist()))
+        refs = self._refs
+        return tuple(refs[r] for r in np.unique(rows).tolist())
 
 
     def write(self, path: str | Path) -> Path:
