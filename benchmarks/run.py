@@ -30,6 +30,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -315,7 +316,7 @@ def run_one(recipe, executor: str, workdir: Path, label: str, machine: str, spar
 
     cores = 1 if executor == "single-threaded" else ExecutorChoice(executor, recipe.executor.max_workers).workers
     out = RunResult(executor=executor, label=label, cores=cores)
-    store = str(workdir / f"{label}-{next(_RUNS)}.zarr")
+    store = str(workdir / f"{label}-{os.getpid()}-{next(_RUNS)}.zarr")
     _MADE.append(store)
     try:
         with OtherLoad(interval=SPARSE if sparse else 0.5) as load:
@@ -445,7 +446,7 @@ def warm_up(recipe, workdir: Path) -> None:
 
     tiny = recipe.aoi.model_copy(update={"bbox": (88.0, -86.2, 89.0, -86.0), "polygon": None, "basins": None,
                                          "outline": False, "geojson": None, "crs": None})
-    store = str(workdir / "warmup.zarr")
+    store = str(workdir / f"warmup-{os.getpid()}.zarr")
     _MADE.append(store)  # kept until the end, like the measured runs' stores (run_one)
     try:
         polaragg.run(recipe.model_copy(update={"aoi": tiny}), store=store, executor="single-threaded",
@@ -1069,6 +1070,14 @@ def plot(path: Path, runs: list[RunResult], floor: Floor, scaling: list[RunResul
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark; the stores it made are removed however it ends."""
+    try:
+        return _main(argv)
+    finally:
+        remove_stores()
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/one-cycle.yaml)")
     p.add_argument("--executors", nargs="+", default=list(OFFLINE_EXECUTORS),

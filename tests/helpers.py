@@ -65,7 +65,8 @@ def one_pass_requests(records: list[dict], reader: str, puts_per_task: int) -> t
     """(GET-class, PUT-class) S3 requests of a run by docs/cost.md's request model, evaluated here on
     ledger records as plain dicts with the measured figures read as JSON: each granule the records report,
     with its rows; each task's segments (its granules read when not recorded) and reported records; the
-    client's requests. Records that report no granule count each task's granules as read, with 0 rows."""
+    client's requests. Records that report no granule count each task's granules as read by the task itself,
+    with 0 rows and no partition segments."""
     import json
 
     import polaragg
@@ -81,7 +82,7 @@ def one_pass_requests(records: list[dict], reader: str, puts_per_task: int) -> t
     puts = len(rows) * g["put_class_per_granule"]
     for r in records:
         segments = r.get("segments")
-        segments = r["granules_read"] if segments is None else segments
+        segments = (r["granules_read"] if reports else 0) if segments is None else segments
         gets += (segments * c["segment_gets_per_segment"]
                  + len(r.get("granule_reports", [])) * c["record_get_class_per_granule"] + c["other_get_class_per_task"])
         puts += puts_per_task + c["other_put_class_per_task"]

@@ -25,9 +25,10 @@ def cycle_of(path: str) -> int:
 
 def observations(folder) -> pd.DataFrame:
     """Every row of every beam of the folder's granules (sorted by path): lat, lon, h, s (h_li_sigma), q
-    (atl06_quality_summary), t (delta_time) and the granule's cycle; nothing dropped."""
+    (atl06_quality_summary), t (delta_time), the granule's cycle and its file (position in path order);
+    nothing dropped."""
     frames = []
-    for path in sorted(glob.glob(f"{folder}/*.h5")):
+    for file, path in enumerate(sorted(glob.glob(f"{folder}/*.h5"))):
         cycle = cycle_of(path)
         with h5py.File(path, "r") as f:
             for beam in BEAMS:
@@ -38,6 +39,7 @@ def observations(folder) -> pd.DataFrame:
                     "lat": g["latitude"][:], "lon": g["longitude"][:],
                     "h": g["h_li"][:].astype(np.float64), "s": g["h_li_sigma"][:].astype(np.float64),
                     "q": g["atl06_quality_summary"][:], "t": g["delta_time"][:], "cycle": cycle,
+                    "file": np.int32(file),
                 }))
     return pd.concat(frames, ignore_index=True)
 

@@ -31,7 +31,7 @@ def _brute_force(folder, child_order):
         "h_q75": g.h.quantile(0.75),
         "t_mean": g.t.mean(),
     })
-    return ref, raw
+    return ref, raw, df[["cell", "file"]]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def reference(demo_cache):
 def test_demo_has_realistic_density(demo_cache, demo_store, reference):
     folder, recipe = demo_cache
     store, summary = demo_store
-    _, raw = reference
+    _, raw, _ = reference
     ds = xr.open_zarr(store)
     parents = np.unique(ds.cell_ids.values >> np.uint64(2 * (recipe.grid.child_order - recipe.grid.parent_order)))
     assert len(parents) >= 20
@@ -56,7 +56,7 @@ def test_demo_has_realistic_density(demo_cache, demo_store, reference):
 
 def test_every_statistic_matches_brute_force(demo_store, reference):
     store, summary = demo_store
-    ref, _ = reference
+    ref, _, _ = reference
     full = xr.open_zarr(store, decode_times=False).load()  # t_mean as stored: seconds, like delta_time
     assert full.sizes["time"] == 1  # the demo is one cycle: one time bin
     ds = full.isel(time=0)
@@ -89,3 +89,21 @@ def test_store_decodes_with_stock_xdggs(demo_store):
     # chunking: one time bin and one parent cell (4096 children) per chunk
     assert ds["h_mean"].dims == ("time", "cells")
     assert ds["h_mean"].encoding["chunks"] == (1, 4096)
+
+
+def test_each_task_read_one_segment_per_granule_with_rows_in_its_cells(demo_cache, demo_store, reference):
+    """The ledger's `segments` (what the request model prices as the cell stage's ranged GETs) is, per task,
+    the number of granules with kept rows in the task's cells, counted here by brute force."""
+    from polaragg.ledger import read_records
+
+    folder, recipe = demo_cache
+    store, _ = demo_store
+    _, _, rows = reference
+    shift = np.uint64(2 * (recipe.grid.child_order - recipe.grid.parent_order))
+    cells = rows.cell.to_numpy(dtype=np.uint64)
+    parent, local = cells >> shift, (cells & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
+    records = read_records(store)
+    assert records and sum(r.segments for r in records) > len(records)  # several granules per task
+    for r in records:
+        inside = (parent == np.uint64(r.parent)) & (local >= r.child_lo) & (local < r.child_hi)
+        assert r.segments == len(np.unique(rows.file.to_numpy()[inside])), (r.parent, r.child_lo)

@@ -24,6 +24,7 @@ from helpers import one_pass_requests
 import polaragg
 from polaragg import read
 from polaragg.cli import main
+from polaragg.cost import store_cost
 from polaragg.ledger import LEDGER_SUFFIX, TaskRecord, read_records
 from polaragg.progress import summarize
 from polaragg.read import GranuleError, H5pyGranule
@@ -249,6 +250,8 @@ def test_reported_cost_is_the_price_table_applied_to_the_ledger_files(demo_store
     assert reported["ec2_usd"] == pytest.approx(ec2, rel=1e-12)
     assert reported["coiled_usd"] == pytest.approx(ec2 + fee, rel=1e-12)
     assert (reported["s3_gets"], reported["s3_puts"]) == (gets, puts)
+    again = store_cost(store, puts_per_task=len(ds.data_vars) + 1)  # the reader comes from the store's recipe
+    assert (again.s3_gets, again.s3_puts) == (gets, puts)
     assert reported["s3_usd"] == pytest.approx(s3, rel=1e-12)
     assert reported["peak_memory_bytes"] == max(int(r["peak_memory_bytes"]) for r in records + granules)
 

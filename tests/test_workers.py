@@ -165,3 +165,31 @@ def test_preflight_refuses_lambda_without_a_role(monkeypatch):
     monkeypatch.setattr(cloud, "check_reachable", lambda *a, **k: None)  # reachable
     with pytest.raises(ExecutorError, match="execution role"):
         preflight(ExecutorChoice("lambda", lambda_options=LambdaOptions()))
+
+
+def _worker_state() -> tuple[int, bool]:
+    """In a `processes` worker: objects moved out of the collector's generations, and whether Cubed came
+    preloaded."""
+    import gc
+
+    return gc.get_freeze_count(), "cubed" in sys.modules
+
+
+def test_processes_fork_server_starts_early_marked_and_preloaded():
+    """`start_workers_early` starts the fork server before any task, carrying the client's marker (so the
+    reaper kills it and every worker forked from it); its workers start with Cubed imported and the
+    imported libraries frozen out of the garbage collector's generations."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    from multiprocessing import forkserver
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    executors.start_workers_early(ExecutorChoice("processes", 2))
+    pid = forkserver._forkserver._forkserver_pid
+    assert pid is not None and psutil.pid_exists(pid)
+    assert psutil.Process(pid).environ().get(executors.CLIENT_MARKER) == os.environ[executors.CLIENT_MARKER]
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
+        frozen, preloaded = pool.submit(_worker_state).result(timeout=60)
+    assert preloaded
+    assert frozen > 10_000  # numpy, h5py, zarr, Cubed and polaragg's objects: far more than a bare interpreter's

@@ -368,16 +368,18 @@ def _ledger_workload(records: Sequence[TaskRecord], puts_per_task: int, notes: l
     reports = [g for r in records for g in r.granule_reports]
     if reports:
         rows = np.array([float(g.get("rows", 0)) for g in reports], dtype=np.float64)
+        # records made before they counted segments: one per granule read, an upper bound
+        segments = [float(r.granules_read if r.segments is None else r.segments) for r in records]
     else:
         rows = np.zeros(sum(int(r.granules_read) for r in records), dtype=np.float64)
+        segments = [0.0] * len(records)  # the tasks read the granules themselves, no partitions
         if rows.size:
             notes.append("the records do not report the granule stage: each task's granules are counted as "
                          "read by it, at the per-granule request figures")
     return Workload(
         granule_granules=np.ones(rows.size), granule_rows=rows,
         cell_observations=np.array([float(r.observations) for r in records], dtype=np.float64),
-        cell_segments=np.array([float(r.granules_read if r.segments is None else r.segments) for r in records],
-                               dtype=np.float64),
+        cell_segments=np.array(segments, dtype=np.float64),
         cell_reported=np.array([float(len(r.granule_reports)) for r in records], dtype=np.float64),
         cell_rows=np.array([float(r.rows_in_cell) for r in records], dtype=np.float64),
         cell_listed=np.array([float(r.granules) for r in records], dtype=np.float64),
@@ -424,11 +426,30 @@ def run_cost(
 
 def store_cost(store_url: str, prices: PriceTable | None = None, *, storage_options: dict | None = None,
                **kwargs: Any) -> CostReport:
-    """`run_cost` of the records in a store's ledger (`<store>.ledger/`)."""
+    """`run_cost` of the records in a store's ledger (`<store>.ledger/`), with the reader of the recipe that
+    made the store unless `reader` is given (run_cost's default when the store names none)."""
     records = read_records(store_url, storage_options)
     if not records:
         raise ValueError(f"no ledger records next to {store_url}")
+    if "reader" not in kwargs and (reader := _store_reader(store_url, storage_options)) is not None:
+        kwargs["reader"] = reader
     return run_cost(records, prices, **kwargs)
+
+
+def _store_reader(store_url: str, storage_options: dict | None) -> str | None:
+    """The reader named by the recipe a store records (`store.recipe_attrs`); None if it names none."""
+    import json
+
+    import zarr
+
+    from .store import zarr_store
+
+    try:
+        attrs = zarr.open_group(zarr_store(store_url, storage_options), mode="r", zarr_format=3).attrs
+        reader = json.loads(attrs["recipe"]).get("reader")
+    except (FileNotFoundError, KeyError, ValueError, TypeError, OSError):
+        return None
+    return str(reader) if reader else None
 
 
 # ----------------------------------------------------------------------------------------------------
