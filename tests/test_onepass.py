@@ -15,7 +15,7 @@ from polaragg.aggregate import PartitionJob, TaskLayout, partition_granule
 from polaragg.domain import GranuleRef
 from polaragg.grid import Grid
 from polaragg.intermediate import Location
-from polaragg.runner import plan_recipe
+from polaragg.runner import GRANULE_TASKS_PER_WORKER, plan_recipe
 from polaragg.sources import load_catalog
 
 SMALL_BBOX = [85.0, -86.0, 95.0, -85.0]
@@ -101,7 +101,7 @@ def test_grouped_granule_tasks_hold_every_granule_once_in_regular_balanced_block
     assert len(set(grouped.granules)) == len(grouped.granules)
     k, n = grouped.granules_per_task, len(grouped.granules)
     blocks = [grouped.granules[i:i + k] for i in range(0, n, k)]
-    assert len(blocks) <= 4 * 2 and all(len(b) == k for b in blocks[:-1])
+    assert len(blocks) <= GRANULE_TASKS_PER_WORKER * 2 and all(len(b) == k for b in blocks[:-1])
     catalog = load_catalog(demo_recipe).granules
     rows = dict(zip(catalog.granule_id.astype(str), catalog.expected_rows.astype(float)))
     loads = [sum(rows[g.granule_id] for g in b) / len(b) for b in blocks]

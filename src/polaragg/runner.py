@@ -43,8 +43,9 @@ from .validate import misses_not_aggregated
 
 MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record says they hold
 # Executors on a few local workers group granules into this many granule-stage tasks per worker (enough
-# to balance, few enough that dispatch costs little); Lambda, Coiled and lithops-local run one each.
-GRANULE_TASKS_PER_WORKER = 4
+# to balance, few enough that dispatch costs little: on the one-cycle recipe with 2 processes, 8 per
+# worker beat 4 and 16 by about 5 %); Lambda, Coiled and lithops-local run one each.
+GRANULE_TASKS_PER_WORKER = 8
 GROUPED_EXECUTORS = ("single-threaded", "threads", "processes", "dask", "dask-distributed")
 # Executors whose tasks run in the client's own process: their credentials are never pickled.
 IN_PROCESS_EXECUTORS = ("single-threaded", "threads", "dask")
@@ -86,7 +87,7 @@ def _make_plan(recipe: Recipe, catalog: Catalog, bins: TimeBins, executor: str |
     from .memory import model_for
 
     name = executor or recipe.executor.name
-    workers = workers or recipe.executor.max_workers or os.cpu_count() or 1
+    workers = 1 if name == "single-threaded" else workers or recipe.executor.max_workers or os.cpu_count() or 1
     return make_plan(catalog, recipe.grid.grid(), reader=recipe.reader, filters=recipe.filters.filters(),
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(name, workers),
