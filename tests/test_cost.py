@@ -762,6 +762,27 @@ def test_estimate_of_a_plan_closed_form(prices):
         "measured figures"]
 
 
+def test_a_one_pass_calibration_counts_the_granules_a_task_reports_not_those_it_lists(prices):
+    """`calibrate` on one-pass records fits seconds per granule reported (each granule read once); applied to
+    a plan, that term multiplies each task's reported granules (2, 3, 0 in fake_plan), while a calibration
+    of the re-reading pipeline multiplies the granules it lists (4, 3, 0)."""
+    records = [dataclasses.replace(rec(i, 0.2 + 0.03 * k + 4e-7 * rows, rows=rows), granules=6 + k,
+                                   granule_reports=[{"granule": f"g{i}-{j}", "seconds": 0.0} for j in range(k)])
+               for i, (rows, k) in enumerate([(100_000, 1), (250_000, 4), (400_000, 2), (50_000, 3), (900_000, 5)])]
+    fitted = calibrate(records, robust=False)
+    assert fitted.granules == "reported"
+    assert (fitted.seconds_per_row, fitted.seconds_per_granule, fitted.seconds_per_task) == pytest.approx(
+        (4e-7, 0.03, 0.2), rel=1e-6)
+    assert calibrate([dataclasses.replace(r, granule_reports=[]) for r in records]).granules == "listed"
+    plan = fake_plan()
+    reported = estimate(plan, prices=prices, puts=16, calibration=fitted)
+    listed = estimate(plan, prices=prices, puts=16, calibration=dataclasses.replace(fitted, granules="listed"))
+    cpu = [st for st in reported.stages if st["stage"] == "cell stage"][0]["cpu_seconds"]
+    expected = sum(0.2 + 0.03 * k + 4e-7 * t.expected_rows for t, k in zip(plan.tasks, (2, 3, 0)))
+    assert cpu == pytest.approx(expected, rel=1e-9)
+    assert listed.task_seconds - reported.task_seconds == pytest.approx(0.03 * (7 - 5) / P["vcpu_speed"], rel=1e-9)
+
+
 def test_estimate_scales_and_wall_bounds(prices):
     one = estimate(fake_plan(1), prices=prices, puts=16)
     assert one.n_tasks == 5 + 3

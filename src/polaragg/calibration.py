@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -25,7 +25,11 @@ from .prices import PriceError, shipped_section
 
 @dataclass(frozen=True)
 class Calibration:
-    """seconds of one task = seconds_per_row * rows + seconds_per_granule * granules + seconds_per_task."""
+    """seconds of one task = seconds_per_row * rows + seconds_per_granule * granules + seconds_per_task.
+
+    `granules` says which granules of a task the fit counted: those it lists (a pipeline whose tasks read
+    every granule crossing them, as the field's and polaragg's before the one-pass design) or those it
+    reports (one pass: each granule read once, its cost carried by the one task that reports it)."""
 
     seconds_per_row: float
     seconds_per_granule: float
@@ -37,6 +41,7 @@ class Calibration:
     r2: float | None = None
     source: str = ""
     machine: str = ""
+    granules: Literal["listed", "reported"] = "listed"
 
     def predict(self, rows: Any, granules: Any) -> Any:
         """Predicted task seconds (scalars or arrays)."""
@@ -137,6 +142,7 @@ def calibrate(records: Sequence[TaskRecord], *, intercept: bool = True, robust: 
     rows = sum(r.rows_in_cell for r in usable)
     obs = sum(r.observations for r in usable)
     return Calibration(
+        granules="reported" if one_pass else "listed",
         seconds_per_row=float(coef[0]), seconds_per_granule=float(coef[1]),
         seconds_per_task=float(coef[2]) if intercept else 0.0,
         observations_per_row=obs / rows if rows else 1.0,

@@ -672,11 +672,13 @@ def _project(
     # Cell stage.
     obs, seg = work.cell_observations.astype(np.float64), work.cell_segments.astype(np.float64)
     if calibration is not None:  # its task seconds already hold the granule stage it was fitted with
-        c_cpu = np.maximum(calibration.predict(work.cell_rows, work.cell_listed), 0.0)
+        granules = work.cell_reported if calibration.granules == "reported" else work.cell_listed
+        c_cpu = np.maximum(calibration.predict(work.cell_rows, granules), 0.0)
         g_cpu = np.zeros_like(g_cpu)
         notes.append(f"CPU-seconds from calibration '{calibration.name}' ({calibration.seconds_per_row:.3g} s/row, "
-                     f"{calibration.seconds_per_granule:.3g} s/granule, {calibration.seconds_per_task:.3g} s/task, "
-                     "granule stage included, charged to the cell tasks) instead of the measured ones")
+                     f"{calibration.seconds_per_granule:.3g} s/granule {calibration.granules}, "
+                     f"{calibration.seconds_per_task:.3g} s/task, granule stage included, charged to the cell "
+                     "tasks) instead of the measured ones")
     else:
         c_cpu = c.cpu_seconds(obs, seg)
 
