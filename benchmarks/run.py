@@ -1084,7 +1084,9 @@ def _main(argv: list[str] | None) -> int:
                    help="executors to compare (space or comma separated)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default: benchmarks/results)")
     p.add_argument("--quick", action="store_true", help=f"sub-area bbox {list(QUICK_BBOX)} for fast iterations")
-    p.add_argument("--repeats", type=int, default=2, help="runs per executor / scaling point; the fastest is kept")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per executor / scaling point; the fastest is kept (the first processes run of a "
+                        "benchmark also starts the fork server)")
     p.add_argument("--cpu-repeats", type=int, default=3,
                    help="measured single-threaded runs for the CPU figures (after one untimed run)")
     p.add_argument("--floor-repeats", type=int, default=3, help="timed read-floor passes (the least CPU is kept)")
