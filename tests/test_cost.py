@@ -133,6 +133,7 @@ def test_overrides_dict_and_file(tmp_path):
     ({"spot_factor": 2.0}, "spot_factor"),
     ({"s3_get_per_1000": -1}, "s3_get_per_1000"),
     ({"s3_get_per_1000": "cheap"}, "s3_get_per_1000"),
+    ({"s3_gets_per_granule": 30}, r"s3_gets_per_granule.*retired: a run's S3 requests now come from the measured"),
 ])
 def test_bad_overrides_fail_naming_the_key(bad, match):
     with pytest.raises(PriceError, match=match):

@@ -123,10 +123,18 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
+# Keys that were prices or model constants once, and what took their place.
+RETIRED_KEYS: dict[str, str] = {
+    "s3_gets_per_granule": "a run's S3 requests now come from the measured request model, "
+                           "polaragg/data/onepass_measured.json (docs/cost.md)",
+}
+
+
 def _unknown(key: str, known: Iterable[str], where: str) -> PriceError:
     known = sorted(known)
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = f" (retired: {RETIRED_KEYS[key]})" if key in RETIRED_KEYS else \
+        f" (did you mean {close[0]!r}?)" if close else ""
     return PriceError(f"unknown price key {key!r} in {where}{hint}; "
                       f"known keys: {', '.join(known)}, instances")
 
