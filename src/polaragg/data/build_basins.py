@@ -136,15 +136,21 @@ def simplify_coverage(polys: list[shapely.Geometry], tolerance: float) -> list[s
     faces = faces[shapely.area(faces) > 0]
     # assign every face to the cleaned basin it overlaps most
     owner = np.array([int(np.argmax(shapely.area(shapely.intersection(f, cleaned)))) for f in faces])
+    return coverage_of(faces, owner, [f"basin {i + 1}" for i in range(len(polys))], shapely.union_all)
+
+
+def coverage_of(faces: np.ndarray, owner: np.ndarray, labels: list[str], union) -> list[shapely.Geometry]:
+    """One polygon per label from the faces it owns (`owner[i]` indexes `labels`), merged with `union`,
+    counter-clockwise; refuses a label without faces or a result that is not a valid coverage."""
     out = []
-    for i in range(len(polys)):
-        mine = faces[owner == i]
+    for k, label in enumerate(labels):
+        mine = faces[owner == k]
         if len(mine) == 0:
-            raise RuntimeError(f"basin {i + 1} vanished during simplification")
-        g = _polygonal(shapely.make_valid(shapely.union_all(mine)))
+            raise RuntimeError(f"{label} has no face left")
+        g = _polygonal(shapely.make_valid(union(mine)))
         out.append(shapely.orient_polygons(g, exterior_cw=False))
     if not shapely.coverage_is_valid(np.array(out, dtype=object)):
-        raise RuntimeError("simplified basins are not a valid coverage")
+        raise RuntimeError(f"the {len(labels)} polygons are not a valid coverage")
     return out
 
 

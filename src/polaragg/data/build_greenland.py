@@ -137,7 +137,7 @@ def sector_of_points(points: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return (((az + 22.5) % 360.0) // 45.0).astype(int)
 
 
-def sectors_xy(outline_xy: shapely.Geometry, polygonal) -> list[shapely.Geometry]:
+def sectors_xy(outline_xy: shapely.Geometry, coverage_of) -> list[shapely.Geometry]:
     centre, dirs = ray_directions_xy()
     if not outline_xy.contains(shapely.Point(*centre)):
         raise RuntimeError("Summit is not inside the outline")
@@ -151,16 +151,7 @@ def sectors_xy(outline_xy: shapely.Geometry, polygonal) -> list[shapely.Geometry
     inside = shapely.contains(outline_xy, reps)
     faces, reps = faces[inside], reps[inside]
     owner = sector_of_points(shapely.get_coordinates(reps), centre)
-    out = []
-    for k, name in enumerate(SECTORS):
-        mine = faces[owner == k]
-        if len(mine) == 0:
-            raise RuntimeError(f"sector {name} is empty")
-        g = polygonal(shapely.make_valid(shapely.coverage_union_all(mine)))
-        out.append(shapely.orient_polygons(g, exterior_cw=False))
-    if not shapely.coverage_is_valid(np.array(out, dtype=object)):
-        raise RuntimeError("sectors are not a valid coverage")
-    return out
+    return coverage_of(faces, owner, [f"sector {name}" for name in SECTORS], shapely.coverage_union_all)
 
 
 def _rounded_xy(geom_ll: shapely.Geometry, decimals: int) -> shapely.Geometry:
@@ -185,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Natural Earth {version}: {len(shapely.get_parts(src_xy))} polygons, "
           f"{shapely.get_num_coordinates(src_xy)} vertices, {src_xy.area / 1e6:,.0f} km2 (EPSG:3413)")
     kept, simple = simplified_outline_xy(src_xy, args.tolerance, ant._polygonal)
-    sectors = sectors_xy(simple, ant._polygonal)
+    sectors = sectors_xy(simple, ant.coverage_of)
     outline_xy = shapely.orient_polygons(
         ant._polygonal(shapely.coverage_union_all(np.array(sectors, dtype=object))), exterior_cw=False
     )
