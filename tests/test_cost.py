@@ -386,7 +386,8 @@ def test_format_cost_of_a_lambda_run_names_its_bill(prices):
     line = _line(text, "AWS Lambda (x86_64, 3008 MB)")
     assert line.split(":", 1)[1].split()[0] == "cost" and _printed(line, lambda_usd), (line, lambda_usd)
     assert "would cost $" in _line(text, "Coiled")
-    gets, puts = one_pass_requests([json.loads(json.dumps(vars(r))) for r in records], "h5coro", 16)
+    # run_cost's reader defaults to a recipe's default reader, h5py
+    gets, puts = one_pass_requests([json.loads(json.dumps(vars(r))) for r in records], "h5py", 16)
     s3 = round(gets) * P["s3_get_per_1000"] / 1000 + round(puts) * P["s3_put_per_1000"] / 1000
     billed = _line(text, "Billed for this run:")
     assert _printed(billed, lambda_usd + s3) and "lambda" in billed, (billed, lambda_usd + s3)

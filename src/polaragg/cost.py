@@ -400,15 +400,15 @@ def run_cost(
     spot: bool = False,
     puts_per_task: int | None = None,
     lambda_init_seconds: float = 0.0,
-    reader: str = "h5coro",
+    reader: str = "h5py",
     figures: OnePassFigures | None = None,
 ) -> CostReport:
     """The cost of a finished run from its ledger records alone (see the module docstring for the model).
 
     `executor` defaults to the one named in the records. `wall_seconds` is reported when given and, with
     `n_instances`, sets the instance-hours. `lambda_init_seconds` adds a billed INIT per invocation.
-    S3 requests follow the measured figures of `reader` (`calibration.measured_figures`) unless `figures`
-    are given.
+    S3 requests follow the measured figures of `reader` (`calibration.measured_figures`; the default is a
+    recipe's default reader) unless `figures` are given.
     """
     records = list(records)
     executor = executor or _infer_executor(records)
