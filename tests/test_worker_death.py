@@ -10,7 +10,9 @@ import psutil
 import xarray as xr
 
 import polaragg
+from polaragg.intermediate import Location
 from polaragg.ledger import LEDGER_SUFFIX, read_records
+from polaragg.runner import WORK_SUFFIX
 from polaragg.stats import STATS
 
 SUB_BBOX = (85.0, -87.0, 95.0, -85.0)
@@ -32,6 +34,13 @@ def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_
     recipe = demo_recipe.model_copy(update={"aoi": demo_recipe.aoi.model_copy(update={"bbox": SUB_BBOX})})
     store = str(tmp_path / "killed-worker.zarr")
     killed: list[int] = []
+    # What a SIGKILLed client of an earlier run into this store left: its marked Cubed folder.
+    work = store + WORK_SUFFIX
+    Location(work).create()
+    stale = os.path.join(work, "cubed-20260101T000000-stale", "array-001")
+    os.makedirs(stale)
+    open(os.path.join(stale, "zarr.json"), "w").write("{}")
+    work_during_run: list[bool] = []
 
     def kill_one_worker() -> None:
         deadline = time.monotonic() + 120
@@ -40,6 +49,8 @@ def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_
             if os.path.isdir(ledger) and any(n.endswith(".json") for n in os.listdir(ledger)):
                 workers = _pool_workers()
                 if workers:
+                    work_during_run.append(os.path.isdir(work) and any(
+                        n.startswith("cubed-") and "stale" not in n for n in os.listdir(work)))
                     os.kill(workers[0].pid, signal.SIGKILL)
                     killed.append(workers[0].pid)
                     return
@@ -51,6 +62,10 @@ def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_
     killer.join()
     assert killed, "no worker was killed: the test did not test anything"
     assert "a worker died" in capsys.readouterr().err
+    # Cubed's intermediates went next to the store (not the client's temporary folder), and the folder,
+    # with what the earlier client left in it, is gone once the compute ended
+    assert work_during_run == [True]
+    assert not os.path.exists(work)
     records = read_records(store)
     plan = polaragg.runner.plan_recipe(recipe)
     assert len(records) == len(plan.tasks) and all(r.status == "ok" for r in records)

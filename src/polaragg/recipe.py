@@ -317,7 +317,8 @@ class ExecutorConfig(_Model):
     max_workers: Annotated[int, Field(ge=1)] | None = None
     memory_per_task: str = "2GB"
     # Where Cubed keeps its intermediate arrays (a folder or an s3:// prefix every worker reaches); default:
-    # next to a remote store (<store>.cubed), else a local temporary folder. Removed after a run that succeeds.
+    # next to the store (<store>.cubed; in memory for in-process executors on a local store). Removed when the
+    # compute ends.
     work_dir: str | None = None
     aws_lambda: LambdaOptions = Field(default_factory=LambdaOptions, alias="lambda")
     coiled: CoiledOptions = CoiledOptions()

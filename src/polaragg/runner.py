@@ -516,17 +516,18 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
             print(f"a worker died ({exc}); running the {len(order)} unfinished task(s) again", file=sys.stderr)
 
 
-WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run with a remote store: next to it
+WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run: next to its store, unless executor.work_dir says otherwise
 
 
-def work_location(store: str, recipe: Recipe, run_id: str,
-                  credentials: RunCredentials | None = None) -> Location | None:
+def work_location(store: str, recipe: Recipe, run_id: str, credentials: RunCredentials | None = None,
+                  in_process: bool = False) -> Location | None:
     """Where this run's Cubed intermediates go: a folder of its own under `executor.work_dir`, else
-    `<store>.cubed` for a remote store (workers cannot see the client's disk); None: a local temporary one.
-    Reached with the store's credentials."""
+    `<store>.cubed` (workers cannot see the client's disk when the store is remote; a local one keeps
+    what a killed client leaves next to its store, where the next run into it removes it). None: in
+    memory (`in_process` executors with a local store). Reached with the store's credentials."""
     if recipe.executor.work_dir:
         url = f"{recipe.executor.work_dir.rstrip('/')}/polaragg-{run_id}"
-    elif is_remote(store):
+    elif is_remote(store) or not in_process:
         url = store.rstrip("/") + WORK_SUFFIX
     else:
         return None
@@ -536,8 +537,8 @@ def work_location(store: str, recipe: Recipe, run_id: str,
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe,
              credentials: RunCredentials | None = None) -> np.ndarray:
     if choice.engine == "cubed":
-        work = work_location(target.store, recipe, target.run_id, credentials)
         in_process = choice.name in ("single-threaded", "threads")
+        work = work_location(target.store, recipe, target.run_id, credentials, in_process)
         if work is not None and not in_process:
             if not work.is_ours():
                 raise StoreError(f"{work.url} exists and was not made by polaragg; set executor.work_dir elsewhere")
@@ -561,8 +562,12 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
                 warnings.warn(f"could not delete Lithops' job data of this run ({type(exc).__name__}): its "
                               "payloads hold credentials; delete lithops.jobs/ in its storage bucket",
                               PolaraggWarning, stacklevel=2)
-        if work is not None and not in_process:
-            work.remove()  # only a folder polaragg marked as its own
+            if work is not None and not in_process:
+                try:
+                    work.remove()  # only a folder polaragg marked as its own; a rerun of tasks starts afresh
+                except Exception as exc:  # noqa: BLE001 - never hides the compute's own outcome
+                    warnings.warn(f"could not delete Cubed's intermediates in {work.url} ({type(exc).__name__}); "
+                                  "the next run into this store removes them", PolaraggWarning, stacklevel=2)
         return result
     from .executors import dask_compute
 
