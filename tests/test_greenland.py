@@ -51,7 +51,10 @@ from reference import kept, observations
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "greenland.yaml"
 NAME_RE = re.compile(r"^ATL06_(\d{14})_(\d{4})(\d{2})(\d{2})_(\d{3})_(\d{2})\.h5$")
-EXECUTORS = ["single-threaded", "threads", "processes", "lithops-local", "dask", "dask-distributed"]  # every offline one
+# Every offline executor; lithops-local (~35 s here) only with `-m slow`: its store equals single-threaded's on
+# the demo in tests/test_executors.py, and tests/test_rehearsal.py runs it against S3.
+EXECUTORS = ["single-threaded", "threads", "processes", pytest.param("lithops-local", marks=pytest.mark.slow),
+             "dask", "dask-distributed"]
 TO_3413 = Transformer.from_crs("EPSG:4326", "EPSG:3413", always_xy=True)
 STATS = ("h_mean", "h_sigma", "h_var", "h_min", "h_max", "h_q25", "h_q50", "h_q75", "t_mean")
 
