@@ -1,9 +1,11 @@
 """Shared test plumbing (no reference values): loading a benchmark script as a module, executing a notebook
-against a recipe in a scratch folder with this interpreter's kernel, and finding a reference's rows in a store."""
+against a recipe in a scratch folder with this interpreter's kernel, finding a reference's rows in a store,
+and leaving what a killed client leaves next to a store."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -89,3 +91,18 @@ def one_pass_requests(records: list[dict], reader: str, puts_per_task: int) -> t
     gets += k["get_class_per_run"] + k["get_class_per_task"] * len(records)
     puts += k["put_class_per_run"] + k["put_class_per_task"] * len(records)
     return gets, puts
+
+
+def killed_client_leftover(store: str) -> str:
+    """Make the marked `<store>.cubed` a SIGKILLed client of an earlier run leaves, holding a stale Cubed
+    folder (its name has "stale" in it); return the folder's path."""
+    from polaragg.intermediate import Location
+    from polaragg.runner import WORK_SUFFIX
+
+    work = store + WORK_SUFFIX
+    Location(work).create()
+    stale = os.path.join(work, "cubed-20260101T000000-stale", "array-001")
+    os.makedirs(stale)
+    with open(os.path.join(stale, "zarr.json"), "w") as f:
+        f.write("{}")
+    return work

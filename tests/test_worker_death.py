@@ -10,9 +10,8 @@ import psutil
 import xarray as xr
 
 import polaragg
-from polaragg.intermediate import Location
+from helpers import killed_client_leftover
 from polaragg.ledger import LEDGER_SUFFIX, read_records
-from polaragg.runner import WORK_SUFFIX
 from polaragg.stats import STATS
 
 SUB_BBOX = (85.0, -87.0, 95.0, -85.0)
@@ -35,11 +34,7 @@ def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_
     store = str(tmp_path / "killed-worker.zarr")
     killed: list[int] = []
     # What a SIGKILLed client of an earlier run into this store left: its marked Cubed folder.
-    work = store + WORK_SUFFIX
-    Location(work).create()
-    stale = os.path.join(work, "cubed-20260101T000000-stale", "array-001")
-    os.makedirs(stale)
-    open(os.path.join(stale, "zarr.json"), "w").write("{}")
+    work = killed_client_leftover(store)
     work_during_run: list[bool] = []
 
     def kill_one_worker() -> None:

@@ -519,27 +519,24 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
 WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run: next to its store, unless executor.work_dir says otherwise
 
 
-def work_location(store: str, recipe: Recipe, run_id: str, credentials: RunCredentials | None = None,
-                  in_process: bool = False) -> Location | None:
+def work_location(store: str, recipe: Recipe, run_id: str, credentials: RunCredentials | None = None) -> Location:
     """Where this run's Cubed intermediates go: a folder of its own under `executor.work_dir`, else
-    `<store>.cubed` (workers cannot see the client's disk when the store is remote; a local one keeps
-    what a killed client leaves next to its store, where the next run into it removes it). None: in
-    memory (`in_process` executors with a local store). Reached with the store's credentials."""
+    `<store>.cubed` (workers cannot see the client's disk when the store is remote; next to a local store,
+    what a killed client leaves is found and removed by the next run into it). Reached with the store's
+    credentials."""
     if recipe.executor.work_dir:
         url = f"{recipe.executor.work_dir.rstrip('/')}/polaragg-{run_id}"
-    elif is_remote(store) or not in_process:
-        url = store.rstrip("/") + WORK_SUFFIX
     else:
-        return None
+        url = store.rstrip("/") + WORK_SUFFIX
     return Location(url, storage_options=credentials.options(url, "store") if credentials else None)
 
 
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe,
              credentials: RunCredentials | None = None) -> np.ndarray:
     if choice.engine == "cubed":
-        in_process = choice.name in ("single-threaded", "threads")
-        work = work_location(target.store, recipe, target.run_id, credentials, in_process)
-        if work is not None and not in_process:
+        in_process = choice.name in ("single-threaded", "threads")  # intermediates in memory
+        work = work_location(target.store, recipe, target.run_id, credentials)
+        if not in_process:
             if not work.is_ours():
                 raise StoreError(f"{work.url} exists and was not made by polaragg; set executor.work_dir elsewhere")
             work.create()
@@ -547,10 +544,11 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
 
         # Cubed opens its work_dir's Zarr arrays without storage options: the store's credentials reach them
         # as the s3fs defaults of the client and of every worker its operations are unpickled in.
-        options = work.storage_options if work is not None and isinstance(work.storage_options, S3Options) else None
+        options = work.storage_options if isinstance(work.storage_options, S3Options) else None
         try:
-            spec = default_spec(work_dir=work.url if work else None, allowed_mem=recipe.executor.memory_bytes,
-                                in_process=in_process, storage_options=process_defaults(options) if options else None)
+            spec = default_spec(work_dir=None if in_process and not is_remote(work.url) else work.url,
+                                allowed_mem=recipe.executor.memory_bytes, in_process=in_process,
+                                storage_options=process_defaults(options) if options else None)
             arr = run_array(plan, location, target, "cubed", spec)
             result = arr.compute(executor=cubed_executor(choice))
         finally:
@@ -562,12 +560,13 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
                 warnings.warn(f"could not delete Lithops' job data of this run ({type(exc).__name__}): its "
                               "payloads hold credentials; delete lithops.jobs/ in its storage bucket",
                               PolaraggWarning, stacklevel=2)
-            if work is not None and not in_process:
-                try:
-                    work.remove()  # only a folder polaragg marked as its own; a rerun of tasks starts afresh
-                except Exception as exc:  # noqa: BLE001 - never hides the compute's own outcome
-                    warnings.warn(f"could not delete Cubed's intermediates in {work.url} ({type(exc).__name__}); "
-                                  "the next run into this store removes them", PolaraggWarning, stacklevel=2)
+            try:
+                # This compute's folder (in-process runs: what a killed client of another run left). Only a
+                # folder polaragg marked as its own; a rerun of tasks starts afresh.
+                work.remove()
+            except Exception as exc:  # noqa: BLE001 - never hides the compute's own outcome
+                warnings.warn(f"could not delete Cubed's intermediates in {work.url} ({type(exc).__name__}); "
+                              "the next run into this store removes them", PolaraggWarning, stacklevel=2)
         return result
     from .executors import dask_compute
 
