@@ -546,7 +546,7 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
         # as the s3fs defaults of the client and of every worker its operations are unpickled in.
         options = work.storage_options if isinstance(work.storage_options, S3Options) else None
         try:
-            spec = default_spec(work_dir=None if in_process and not is_remote(work.url) else work.url,
+            spec = default_spec(work_dir=None if in_process else work.url,  # in memory: no folder used
                                 allowed_mem=recipe.executor.memory_bytes, in_process=in_process,
                                 storage_options=process_defaults(options) if options else None)
             arr = run_array(plan, location, target, "cubed", spec)
