@@ -54,6 +54,32 @@ def _start_method() -> str:
     return "forkserver"
 
 
+class _BrokenPoolEcho(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" reports of a pool whose breakage was handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from concurrent.futures.process import BrokenProcessPool
+
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, BrokenProcessPool) and "never retrieved" in record.getMessage())
+
+
+_BROKEN_POOL_ECHO = _BrokenPoolEcho()
+
+
+def forget_broken_pool() -> None:
+    """After a worker death has been handled: collect the pool's other futures now, without the
+    traceback asyncio prints for each one whose BrokenProcessPool nobody retrieved (Cubed raises the
+    first and abandons the rest). The filter stays on asyncio's logger for futures collected later
+    and hides nothing but these reports."""
+    import gc
+
+    asyncio_logger = logging.getLogger("asyncio")
+    if _BROKEN_POOL_ECHO not in asyncio_logger.filters:
+        asyncio_logger.addFilter(_BROKEN_POOL_ECHO)
+    gc.collect()
+
+
 def start_workers_early(choice: ExecutorChoice) -> None:
     """Start the fork server of a `processes` run now, so that its imports overlap the client's
     catalog and plan instead of delaying the first task (a no-op for other executors, or if it runs).

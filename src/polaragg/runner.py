@@ -29,7 +29,8 @@ from .catalog import Catalog
 from .cost import puts_per_task, run_cost
 from .credentials import RunCredentials
 from .domain import ExecutorChoice
-from .executors import cubed_executor, preflight, remove_lithops_job_data, start_workers_early
+from .executors import (cubed_executor, forget_broken_pool, preflight, remove_lithops_job_data,
+                        start_workers_early)
 from .intermediate import SUFFIX as PARTITIONS_SUFFIX
 from .intermediate import Location
 from .ledger import TaskRecord, clear_records, read_inputs, read_records, write_inputs
@@ -510,10 +511,12 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
             fresh = _fresh_records(target.store)
             order = [i for i in order if getattr(fresh.get(_key(plan.tasks[i])), "run_id", None) != run_id]
             if attempt == attempts or not order:
+                forget_broken_pool()
                 raise RuntimeError(f"workers died {attempt} time(s) on {choice.name}; {len(order)} task(s) left: "
                                    "finish with --resume (a worker killed by the system may mean too little "
                                    "memory: lower executor.memory_per_task or use fewer workers)") from exc
             print(f"a worker died ({exc}); running the {len(order)} unfinished task(s) again", file=sys.stderr)
+        forget_broken_pool()  # outside the handler: the exception no longer holds the abandoned futures
 
 
 WORK_SUFFIX = ".cubed"  # Cubed's intermediates of a run: next to its store, unless executor.work_dir says otherwise
