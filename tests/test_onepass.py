@@ -106,3 +106,37 @@ def test_grouped_granule_tasks_hold_every_granule_once_in_regular_balanced_block
     rows = dict(zip(catalog.granule_id.astype(str), catalog.expected_rows.astype(float)))
     loads = [sum(rows[g.granule_id] for g in b) / len(b) for b in blocks]
     assert max(loads) <= 1.5 * min(loads)  # rows per granule alike across blocks: largest ones spread out
+
+
+@pytest.mark.parametrize("chunk_manager", ["cubed", "dask"])
+def test_a_datasets_temporary_partitions_go_when_the_last_dataset_using_them_does(
+        chunk_manager, demo_recipe, demo_store, tmp_path, monkeypatch):
+    """Without a work_dir the partitions live in a temporary folder: a Dataset derived from the opened
+    one keeps it (and computes from it) after the original is dropped; once neither is left, the
+    folder is gone, not kept until the interpreter exits."""
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    recipe = _small(demo_recipe)
+    ds = polaragg.open_dataset(recipe, chunk_manager=chunk_manager)
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("polaragg-partitions-")]
+    derived = ds[["count", "h_max"]].isel(cells=slice(0, None, 2))
+    del ds
+    gc.collect()
+    assert folder.is_dir()
+    got = derived.compute()
+    assert len([p for p in folder.rglob("*") if p.is_file()]) > 1  # the granule stage wrote here, not only the marker
+    ref = xr.open_zarr(demo_store[0]).load()
+    ref = ref.isel(cells=np.flatnonzero(np.isin(ref.cell_ids.values, got.cell_ids.values)))
+    np.testing.assert_array_equal(got.cell_ids.values, ref.cell_ids.values)
+    np.testing.assert_array_equal(got["count"].values, ref["count"].values)
+    np.testing.assert_array_equal(got["h_max"].values, ref["h_max"].values)
+    assert int(got["count"].sum()) > 0
+    del derived
+    if chunk_manager == "cubed":  # Cubed memoises the plans it finalised (its last 128 computes)
+        from cubed.core.plan import Plan
+
+        Plan._finalize.cache_clear()
+    gc.collect()
+    assert not folder.exists()  # `got` holds numbers, not the plan

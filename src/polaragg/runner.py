@@ -9,7 +9,6 @@ store's attributes.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -20,6 +19,7 @@ import tempfile
 import time
 import uuid
 import warnings
+import weakref
 from typing import TextIO
 
 import numpy as np
@@ -116,12 +116,13 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
 
     Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
     into partitions under `work_dir` (default: the recipe's `executor.work_dir`, else a temporary folder
-    removed when the interpreter exits; later computes reuse them), Cubed's intermediates beside them, then each selected chunk is reduced from its partitions (on Dask only
-    the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
-    or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20 bytes per
-    observation (~36 with the change fit's x, y). The recipe's credentials travel with the tasks as in
-    `run`; with a remote `work_dir` on Cubed, the store's become this session's s3fs defaults (Cubed opens
-    its intermediates without options).
+    removed once neither this Dataset nor one derived from it is left, on Cubed also once Cubed's memo
+    of its last 128 computed plans lets them go, or at exit; later computes reuse them), Cubed's intermediates beside them, then each selected chunk is reduced from its partitions
+    (on Dask only the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`:
+    on a cluster or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20
+    bytes per observation (~36 with the change fit's x, y). The recipe's credentials travel with the
+    tasks as in `run`; with a remote `work_dir` on Cubed, the store's become this session's s3fs
+    defaults (Cubed opens its intermediates without options).
     """
     from .credentials import process_defaults, run_credentials
 
@@ -141,7 +142,9 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     if work_dir is None:
         work_dir = tempfile.mkdtemp(prefix="polaragg-partitions-")
         location = Location(work_dir)
-        atexit.register(location.remove)
+        # Removed once no lazy array of the Dataset (or of one derived from it) holds the location, or at
+        # exit: the callback holds an equal Location, not this one.
+        weakref.finalize(location, Location(work_dir).remove)
     else:
         url = f"{work_dir.rstrip('/')}/polaragg-partitions-{plan.partition_key}" if is_remote(work_dir) else \
             os.path.join(work_dir, f"polaragg-partitions-{plan.partition_key}")
