@@ -17,7 +17,13 @@ Measures, on this machine, and writes into --out:
      split 4x run over those of the unsplit 1x run;
   5. every offline executor: wall clock, task-seconds (both stages), task CPU, peak task memory and
      the projected Lambda and Coiled bill of one full ATL06 cycle over Antarctica.
-- latest.csv (executors and the floor), scaling.csv (the density series), latest.png (the figures).
+- latest.csv (executors and the floor), scaling.csv (the density series), paired.csv (the paired
+  rounds), latest.png (the figures).
+
+Figures 1 and 2 and the 4x speed-ups of the acceptance table come from paired rounds (`--paired-rounds`,
+default 5): a floor pass and one run on each of single-threaded, threads and processes, back to back, in
+a rotating order, the least of each kind kept, so that each ratio compares runs made within seconds of
+each other (this machine's speed drifts by up to ~25 % over minutes).
 
 Every executor spawns or forks workers, so this file must stay importable without side effects.
 """
@@ -426,6 +432,55 @@ def measure_cpu(recipe, workdir: Path, machine: str, repeats: int, max_wait: flo
     return figures
 
 
+PAIRED_EXECUTORS = ("single-threaded", "threads", "processes")
+PAIRED_COLUMNS = ("round", "order", "floor_cpu_s", "floor_wall_s",
+                  *(f"{e}_{k}" for e in PAIRED_EXECUTORS for k in ("wall", "tasks_cpu", "process_cpu")), "errors")
+
+
+@dataclass
+class Paired:
+    """Rounds of one floor pass and one run per executor, back to back (the executors' order rotating
+    from round to round), so that each figure compares runs made within seconds of each other."""
+
+    rounds: list[dict]  # {"floor": Floor-like cpu/wall, executor: RunResult}
+
+    def walls(self, executor: str) -> list[float]:
+        return [r[executor].wall for r in self.rounds if not r[executor].error]
+
+    def floor_cpus(self) -> list[float]:
+        return [r["floor_cpu"] for r in self.rounds]
+
+    def tasks_cpus(self) -> list[float]:
+        return [r["single-threaded"].tasks_cpu for r in self.rounds if not r["single-threaded"].error]
+
+    def process_cpus(self) -> list[float]:
+        return [r["single-threaded"].process_cpu for r in self.rounds if not r["single-threaded"].error]
+
+    def per_round(self, value) -> list[float]:
+        """`value(round)` for every round where every run succeeded."""
+        return [value(r) for r in self.rounds if not any(r[e].error for e in PAIRED_EXECUTORS)]
+
+
+def measure_paired(recipe, paths: list[str], workdir: Path, machine: str, rounds: int,
+                   max_wait: float) -> Paired:
+    """`rounds` rounds of: a read-floor pass, then single-threaded, threads and processes (rotated)."""
+    out = []
+    for k in range(rounds):
+        wait_for_quiet(max_wait)
+        cpu, wall, _, _ = read_pass(paths)
+        row: dict = {"floor_cpu": cpu, "floor_wall": wall}
+        order = PAIRED_EXECUTORS[k % 3:] + PAIRED_EXECUTORS[:k % 3]
+        for name in order:
+            row[name] = run_one(recipe, name, workdir, f"paired-{name}", machine, sparse=name == "single-threaded")
+        row["order"] = order
+        out.append(row)
+    return Paired(out)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}x" if values else "-"
+
+
 def reference_projection() -> dict:
     """The shipped Lambda-on-S3 calibration projected the same way (reads from S3 dominate there)."""
     from polaragg import calibration, cost, prices
@@ -612,6 +667,10 @@ def acceptance(ctx: dict) -> list[dict]:
         rows.append({"key": key, "figure": figure, "value": value, "measured": measured, "target": target,
                      "met": met})
 
+    paired: Paired | None = ctx.get("paired")
+    if paired is not None and paired.tasks_cpus() and paired.walls("processes") and paired.walls("threads"):
+        _paired_acceptance(paired, add)
+        cpu = None  # the figures below are the unpaired ones; reported in their own sections
     if cpu is not None:
         b, n = cpu.best, len(cpu.tasks_cpus)
         v = cpu.tasks_cpu / floor.cpu
@@ -625,7 +684,7 @@ def acceptance(ctx: dict) -> list[dict]:
             f"{', '.join(f'{c:.2f}' for c in cpu.process_cpus)}); wall {cpu.wall_of_best_cpu:.2f} s "
             f"({cpu.wall_of_best_cpu / floor.wall:.2f}x the floor's wall {floor.wall:.2f} s)",
             f"<= {TARGET_RUN_CPU:.1f}x", v <= TARGET_RUN_CPU)
-    st = _at(groups.get((UNSPLIT, "single-threaded"), []), top)
+    st = _at(groups.get((UNSPLIT, "single-threaded"), []), top) if paired is None else None
     for name, target, key in (("processes", TARGET_PROCESSES_SPEEDUP, "processes_speedup"),
                               ("threads", TARGET_THREADS_SPEEDUP, "threads_speedup")):
         other = _at(groups.get((UNSPLIT, name), []), top)
@@ -675,6 +734,50 @@ def acceptance(ctx: dict) -> list[dict]:
             f"x{r4.observations / r1.observations:.2f} observations",
             f"<= {bound:.1f}x ({TARGET_SPLIT_TASK_S} x {top})", v <= bound and r1.split == 1)
     return rows
+
+
+def _paired_acceptance(paired: Paired, add) -> None:
+    """The CPU and speed-up figures from the paired rounds: least of each kind over the rounds, and the
+    spread of the per-round ratios."""
+    fl = min(paired.floor_cpus())
+    n = len(paired.rounds)
+    v = min(paired.tasks_cpus()) / fl
+    add("tasks_cpu_over_floor", "Tasks CPU / floor CPU (single-threaded)", v,
+        f"**{v:.2f}x**: {min(paired.tasks_cpus()):.2f} s over {fl:.2f} s (least of {n} paired rounds each; "
+        f"per round {_spread(paired.per_round(lambda r: r['single-threaded'].tasks_cpu / r['floor_cpu']))})",
+        f"<= {TARGET_TASKS_CPU:.1f}x", v <= TARGET_TASKS_CPU)
+    v = min(paired.process_cpus()) / fl
+    add("run_cpu_over_floor", "Whole run CPU / floor CPU (single-threaded, in process)", v,
+        f"**{v:.2f}x**: {min(paired.process_cpus()):.2f} s over {fl:.2f} s (least of {n} paired rounds each; "
+        f"per round {_spread(paired.per_round(lambda r: r['single-threaded'].process_cpu / r['floor_cpu']))})",
+        f"<= {TARGET_RUN_CPU:.1f}x", v <= TARGET_RUN_CPU)
+    top = max(SCALING_FACTORS)
+    st = min(paired.walls("single-threaded"))
+    for name, target, key in (("processes", TARGET_PROCESSES_SPEEDUP, "processes_speedup"),
+                              ("threads", TARGET_THREADS_SPEEDUP, "threads_speedup")):
+        other = min(paired.walls(name))
+        v = st / other
+        cores = next(r[name].cores for r in paired.rounds)
+        add(f"{key}_{top}x", f"{top}x density: wall speed-up of `{name}` ({cores} workers) over single-threaded",
+            v, f"**{v:.2f}x**: {st:.2f} s / {other:.2f} s (fastest of {n} paired rounds each; per round "
+               f"{_spread(paired.per_round(lambda r: r['single-threaded'].wall / r[name].wall))})",
+            f">= {target:.1f}x", v >= target)
+
+
+def _paired_md(paired: Paired) -> list[str]:
+    lines = ["## Paired rounds", "",
+             f"The acceptance figures above (CPU against the floor, speed-ups) come from {len(paired.rounds)} "
+             "rounds of a read-floor pass followed by one run on each of single-threaded, threads and processes "
+             "(their order rotating), so that every ratio compares runs made within seconds of each other: this "
+             "machine's speed drifts by up to ~25 % over minutes. The sections below measure each executor "
+             "in its own block of runs.", "",
+             "| round | order | floor CPU s | single-threaded tasks CPU s | process CPU s | wall s: single-threaded "
+             "| threads | processes |", "|--:|---|--:|--:|--:|--:|--:|--:|"]
+    for i, r in enumerate(paired.rounds):
+        st = r["single-threaded"]
+        lines.append(f"| {i + 1} | {', '.join(r['order'])} | {r['floor_cpu']:.2f} | {st.tasks_cpu:.2f} | "
+                     f"{st.process_cpu:.2f} | {st.wall:.2f} | {r['threads'].wall:.2f} | {r['processes'].wall:.2f} |")
+    return lines + [""]
 
 
 def markdown(ctx: dict) -> str:
@@ -770,6 +873,8 @@ def markdown(ctx: dict) -> str:
         f"the partition, not from the HDF5 file.",
         "",
     ]
+    if ctx.get("paired") is not None:
+        lines += _paired_md(ctx["paired"])
     lines += _executors_md(ctx, runs, floor)
     lines += _scaling_md(ctx)
     lines += _notes_md(ctx, runs, floor)
@@ -1102,6 +1207,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--memory-bound", default="auto",
                    help="executor.memory_per_task of the memory-bounded series: 'auto' (a bound the 1x densest "
                         "task just fits, so denser data splits into more tasks) or a size")
+    p.add_argument("--paired-rounds", type=int, default=5,
+                   help="rounds of floor pass + single-threaded + threads + processes, back to back, for the "
+                        "acceptance's CPU and speed-up figures (0: take them from the separate blocks of runs)")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--cache", default=None, help="synthetic data cache (default: $POLARAGG_CACHE or ~/.cache/polaragg)")
     p.add_argument("--workdir", default=None, help="scratch folder for the stores (default: a temp dir)")
@@ -1178,6 +1286,17 @@ def _main(argv: list[str] | None) -> int:
                 f"{r.peak_task_bytes / MIB:.0f} MiB, over projection {r.over_cell}+{r.over_granule}, other CPU "
                 f"{r.other_share:.0%}")
 
+    paired = None
+    if args.paired_rounds > 0 and all(e in executors for e in PAIRED_EXECUTORS):
+        log(f"paired rounds: {args.paired_rounds} x (floor pass, {', '.join(PAIRED_EXECUTORS)}) ...")
+        paired = measure_paired(recipe, [u.removeprefix("file://") for u in urls], workdir, machine,
+                                args.paired_rounds, args.max_wait)
+        for i, r in enumerate(paired.rounds):
+            log(f"  round {i + 1}: floor CPU {r['floor_cpu']:.2f} s, single-threaded tasks CPU "
+                f"{r['single-threaded'].tasks_cpu:.2f} s, walls " + ", ".join(
+                    f"{e} {r[e].wall:.2f} s" + (f" FAILED {r[e].error}" if r[e].error else "")
+                    for e in PAIRED_EXECUTORS))
+
     scaling: list[RunResult] = []
     top = max(SCALING_FACTORS)
     bound_note = ""
@@ -1221,7 +1340,7 @@ def _main(argv: list[str] | None) -> int:
 
     total = time.perf_counter() - started
     ctx = {
-        "runs": runs, "floor": floor, "cpu": cpu, "scaling": scaling, "machine": info, "repeats": args.repeats,
+        "runs": runs, "floor": floor, "cpu": cpu, "scaling": scaling, "paired": paired, "machine": info, "repeats": args.repeats,
         "cpu_repeats": args.cpu_repeats, "scaling_executors": scaling_executors,
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "recipe_name": recipe.name, "quick": args.quick,
         "aoi": f"bbox {list(recipe.aoi.bbox)}" if recipe.aoi.bbox else "AOI",
@@ -1234,6 +1353,14 @@ def _main(argv: list[str] | None) -> int:
     }
     ctx["acceptance"] = acceptance(ctx)
     write_csv(out / "latest.csv", EXEC_COLUMNS, [exec_row(r, floor) for r in runs] + [floor_row(floor)])
+    if paired is not None:
+        write_csv(out / "paired.csv", PAIRED_COLUMNS, [
+            {"round": i + 1, "order": " ".join(r["order"]), "floor_cpu_s": round(r["floor_cpu"], 3),
+             "floor_wall_s": round(r["floor_wall"], 3),
+             **{f"{e}_{k}": round(getattr(r[e], k), 3) for e in PAIRED_EXECUTORS
+                for k in ("wall", "tasks_cpu", "process_cpu")},
+             "errors": "; ".join(f"{e}: {r[e].error}" for e in PAIRED_EXECUTORS if r[e].error)}
+            for i, r in enumerate(paired.rounds)])
     write_csv(out / "acceptance.csv", ("key", "figure", "value", "target", "met", "measured"),
               [{**a, "value": round(a["value"], 4) if not math.isnan(a["value"]) else "",
                 "met": "" if a["met"] is None else a["met"],
@@ -1250,6 +1377,7 @@ def _main(argv: list[str] | None) -> int:
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"wrote {out}/latest.md, latest.csv, acceptance.csv, latest.png" + (", scaling.csv" if scaling else "")
+        + (", paired.csv" if paired is not None else "")
         + f" in {total:.0f} s")
     print((out / "latest.md").read_text())
     failed = any(r.error for r in runs) or any(r.error for r in scaling)
