@@ -22,8 +22,8 @@ Measures, on this machine, and writes into --out:
 
 Figures 1 and 2 and the 4x speed-ups of the acceptance table come from paired rounds (`--paired-rounds`,
 default 5): a floor pass and one run on each of single-threaded, threads and processes, back to back, in
-a rotating order, the least of each kind kept, so that each ratio compares runs made within seconds of
-each other (this machine's speed drifts by up to ~25 % over minutes).
+a rotating order; each figure is the median of the rounds' own ratios, so that each compares runs made
+within seconds of each other (this machine's speed drifts by up to ~25 % over minutes).
 
 Every executor spawns or forks workers, so this file must stay importable without side effects.
 """
@@ -442,19 +442,7 @@ class Paired:
     """Rounds of one floor pass and one run per executor, back to back (the executors' order rotating
     from round to round), so that each figure compares runs made within seconds of each other."""
 
-    rounds: list[dict]  # {"floor": Floor-like cpu/wall, executor: RunResult}
-
-    def walls(self, executor: str) -> list[float]:
-        return [r[executor].wall for r in self.rounds if not r[executor].error]
-
-    def floor_cpus(self) -> list[float]:
-        return [r["floor_cpu"] for r in self.rounds]
-
-    def tasks_cpus(self) -> list[float]:
-        return [r["single-threaded"].tasks_cpu for r in self.rounds if not r["single-threaded"].error]
-
-    def process_cpus(self) -> list[float]:
-        return [r["single-threaded"].process_cpu for r in self.rounds if not r["single-threaded"].error]
+    rounds: list[dict]  # floor_cpu, floor_wall, order, and each executor's RunResult
 
     def per_round(self, value) -> list[float]:
         """`value(round)` for every round where every run succeeded."""
@@ -668,7 +656,7 @@ def acceptance(ctx: dict) -> list[dict]:
                      "met": met})
 
     paired: Paired | None = ctx.get("paired")
-    if paired is not None and paired.tasks_cpus() and paired.walls("processes") and paired.walls("threads"):
+    if paired is not None and paired.per_round(lambda r: 0.0):
         _paired_acceptance(paired, add)
         cpu = None  # the figures below are the unpaired ones; reported in their own sections
     if cpu is not None:
@@ -737,39 +725,43 @@ def acceptance(ctx: dict) -> list[dict]:
 
 
 def _paired_acceptance(paired: Paired, add) -> None:
-    """The CPU and speed-up figures from the paired rounds: least of each kind over the rounds, and the
-    spread of the per-round ratios."""
-    fl = min(paired.floor_cpus())
-    n = len(paired.rounds)
-    v = min(paired.tasks_cpus()) / fl
-    add("tasks_cpu_over_floor", "Tasks CPU / floor CPU (single-threaded)", v,
-        f"**{v:.2f}x**: {min(paired.tasks_cpus()):.2f} s over {fl:.2f} s (least of {n} paired rounds each; "
-        f"per round {_spread(paired.per_round(lambda r: r['single-threaded'].tasks_cpu / r['floor_cpu']))})",
-        f"<= {TARGET_TASKS_CPU:.1f}x", v <= TARGET_TASKS_CPU)
-    v = min(paired.process_cpus()) / fl
-    add("run_cpu_over_floor", "Whole run CPU / floor CPU (single-threaded, in process)", v,
-        f"**{v:.2f}x**: {min(paired.process_cpus()):.2f} s over {fl:.2f} s (least of {n} paired rounds each; "
-        f"per round {_spread(paired.per_round(lambda r: r['single-threaded'].process_cpu / r['floor_cpu']))})",
-        f"<= {TARGET_RUN_CPU:.1f}x", v <= TARGET_RUN_CPU)
+    """The CPU and speed-up figures from the paired rounds: the median over the rounds of each round's
+    own ratio (the machine's drift cancels within a round), with their range and the ratio of the least
+    values of each kind over all rounds."""
+    n = len(paired.per_round(lambda r: 0.0))
+
+    def figure(key, name, num, den, target, at_most: bool, what: str) -> None:
+        ratios = paired.per_round(lambda r: num(r) / den(r))
+        if not ratios:
+            return
+        v = statistics.median(ratios)
+        least = min(paired.per_round(num)) / min(paired.per_round(den))
+        add(key, name, v, f"**{v:.2f}x**: median of {n} paired rounds' {what} (per round "
+                          f"{_spread(ratios)}; least over least {least:.2f}x)",
+            f"{'<=' if at_most else '>='} {target:.1f}x", v <= target if at_most else v >= target)
+
+    figure("tasks_cpu_over_floor", "Tasks CPU / floor CPU (single-threaded)",
+           lambda r: r["single-threaded"].tasks_cpu, lambda r: r["floor_cpu"], TARGET_TASKS_CPU, True,
+           "tasks CPU / floor CPU")
+    figure("run_cpu_over_floor", "Whole run CPU / floor CPU (single-threaded, in process)",
+           lambda r: r["single-threaded"].process_cpu, lambda r: r["floor_cpu"], TARGET_RUN_CPU, True,
+           "process CPU / floor CPU")
     top = max(SCALING_FACTORS)
-    st = min(paired.walls("single-threaded"))
     for name, target, key in (("processes", TARGET_PROCESSES_SPEEDUP, "processes_speedup"),
                               ("threads", TARGET_THREADS_SPEEDUP, "threads_speedup")):
-        other = min(paired.walls(name))
-        v = st / other
         cores = next(r[name].cores for r in paired.rounds)
-        add(f"{key}_{top}x", f"{top}x density: wall speed-up of `{name}` ({cores} workers) over single-threaded",
-            v, f"**{v:.2f}x**: {st:.2f} s / {other:.2f} s (fastest of {n} paired rounds each; per round "
-               f"{_spread(paired.per_round(lambda r: r['single-threaded'].wall / r[name].wall))})",
-            f">= {target:.1f}x", v >= target)
+        figure(f"{key}_{top}x", f"{top}x density: wall speed-up of `{name}` ({cores} workers) over single-threaded",
+               lambda r: r["single-threaded"].wall, lambda r, name=name: r[name].wall, target, False,
+               f"single-threaded wall / {name} wall")
 
 
 def _paired_md(paired: Paired) -> list[str]:
     lines = ["## Paired rounds", "",
              f"The acceptance figures above (CPU against the floor, speed-ups) come from {len(paired.rounds)} "
              "rounds of a read-floor pass followed by one run on each of single-threaded, threads and processes "
-             "(their order rotating), so that every ratio compares runs made within seconds of each other: this "
-             "machine's speed drifts by up to ~25 % over minutes. The sections below measure each executor "
+             "(their order rotating): each figure is the median of the rounds' own ratios, so that every ratio "
+             "compares runs made within seconds of each other: this machine's speed drifts by up to ~25 % over "
+             "minutes. The sections below measure each executor "
              "in its own block of runs.", "",
              "| round | order | floor CPU s | single-threaded tasks CPU s | process CPU s | wall s: single-threaded "
              "| threads | processes |", "|--:|---|--:|--:|--:|--:|--:|--:|"]
