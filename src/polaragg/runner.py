@@ -117,12 +117,13 @@ def open_dataset(recipe: Recipe | str, chunk_manager: str = "cubed", *, spec=Non
     Nothing is read until compute. Computing runs the same plan as `run`: each granule is read once
     into partitions under `work_dir` (default: the recipe's `executor.work_dir`, else a temporary folder
     removed once neither this Dataset nor one derived from it is left, on Cubed also once Cubed's memo
-    of its last 128 computed plans lets them go, or at exit; later computes reuse them), Cubed's intermediates beside them, then each selected chunk is reduced from its partitions
-    (on Dask only the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`:
-    on a cluster or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20
-    bytes per observation (~36 with the change fit's x, y). The recipe's credentials travel with the
-    tasks as in `run`; with a remote `work_dir` on Cubed, the store's become this session's s3fs
-    defaults (Cubed opens its intermediates without options).
+    of its last 128 computed plans lets them go, or at exit; later computes reuse them), Cubed's
+    intermediates beside them, then each selected chunk is reduced from its partitions (on Dask only
+    the selected chunks; Cubed reduces every chunk once). Workers must reach `work_dir`: on a cluster
+    or on Lambda give a folder they share, e.g. an `s3://` prefix. The partitions hold ~20 bytes per
+    observation (~36 with the change fit's x, y). The recipe's credentials travel with the tasks as in
+    `run`; with a remote `work_dir` on Cubed, the store's become this session's s3fs defaults (Cubed
+    opens its intermediates without options).
     """
     from .credentials import process_defaults, run_credentials
 
