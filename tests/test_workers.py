@@ -41,6 +41,7 @@ def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = {k: v for k, v in os.environ.items() if k != executors.CLIENT_MARKER}
+    semaphores_before = _semaphores()
     client = subprocess.Popen([str(POLARAGG), "run", str(path), "--executor", executor], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     me = psutil.Process(client.pid)
@@ -74,6 +75,9 @@ def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path)
             seen.setdefault(p.pid, p)
         alive = _alive(seen.values())
         assert not alive, [(p.pid, " ".join(p.cmdline())[:100]) for p in alive]
+        # The client's named semaphores were unlinked by its resource tracker (spared by the reaper),
+        # not left in /dev/shm.
+        assert not _semaphores() - semaphores_before
         # Nothing writes after its client is gone, beyond the tasks a pool already held at the kill:
         # one running per worker plus the prefetched calls (a process pool queues workers + 1 more),
         # which a worker can finish within the reaper's interval now that cell tasks take ~20 ms.
@@ -85,6 +89,12 @@ def test_sigkilled_client_leaves_no_worker_alive(executor, demo_cache, tmp_path)
     finally:
         for p in _alive(seen.values()):
             p.kill()
+
+
+def _semaphores() -> set[str]:
+    """Named POSIX semaphores of multiprocessing on this machine (Linux keeps them in /dev/shm)."""
+    shm = "/dev/shm"
+    return {n for n in os.listdir(shm) if n.startswith("sem.mp-")} if os.path.isdir(shm) else set()
 
 
 def test_reaper_kills_marked_processes_when_its_client_ends(tmp_path):

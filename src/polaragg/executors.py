@@ -274,8 +274,9 @@ def guard_workers() -> str:
     Sets `POLARAGG_CLIENT=<marker>` in this process's environment (inherited by pool workers, Lithops
     task interpreters and LocalCluster workers, however deep) and starts, once per client process, a
     reaper: a small process in its own session that waits for the client to end, by any means
-    (SIGKILL included), then kills every process whose initial environment carries the marker. This
-    needs nothing from the pools themselves (Cubed's process pool takes no initializer).
+    (SIGKILL included), then kills every process whose initial environment carries the marker but
+    multiprocessing's resource tracker, which then ends by itself and unlinks the semaphores the client
+    left. This needs nothing from the pools themselves (Cubed's process pool takes no initializer).
     """
     global _GUARD
     if _GUARD is not None and _GUARD[0] == os.getpid():
@@ -313,14 +314,21 @@ def reap(client_pid: int, marker: str, interval: float = REAP_INTERVAL_S) -> Non
 
 
 def _marked(marker: str, psutil) -> list:
+    """The processes started with `marker`, but multiprocessing's resource tracker: it ends by itself
+    once the client and its workers are gone, unlinking the semaphores they left (killed, it leaves
+    them in /dev/shm)."""
     me = os.getpid()
     found = []
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(CLIENT_MARKER) == marker:
+            if proc.environ().get(CLIENT_MARKER) == marker and not _is_resource_tracker(proc.cmdline()):
                 found.append(proc)
         except psutil.Error:
             continue
     return found
+
+
+def _is_resource_tracker(cmdline: list[str]) -> bool:
+    return any("multiprocessing.resource_tracker" in part for part in cmdline)
