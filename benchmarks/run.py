@@ -444,9 +444,14 @@ class Paired:
 
     rounds: list[dict]  # floor_cpu, floor_wall, order, and each executor's RunResult
 
+    @property
+    def complete(self) -> list[dict]:
+        """The rounds where every run succeeded."""
+        return [r for r in self.rounds if not any(r[e].error for e in PAIRED_EXECUTORS)]
+
     def per_round(self, value) -> list[float]:
-        """`value(round)` for every round where every run succeeded."""
-        return [value(r) for r in self.rounds if not any(r[e].error for e in PAIRED_EXECUTORS)]
+        """`value(round)` for every complete round."""
+        return [value(r) for r in self.complete]
 
 
 def measure_paired(recipe, paths: list[str], workdir: Path, machine: str, rounds: int,
@@ -457,7 +462,8 @@ def measure_paired(recipe, paths: list[str], workdir: Path, machine: str, rounds
         wait_for_quiet(max_wait)
         cpu, wall, _, _ = read_pass(paths)
         row: dict = {"floor_cpu": cpu, "floor_wall": wall}
-        order = PAIRED_EXECUTORS[k % 3:] + PAIRED_EXECUTORS[:k % 3]
+        turn = k % len(PAIRED_EXECUTORS)
+        order = PAIRED_EXECUTORS[turn:] + PAIRED_EXECUTORS[:turn]
         for name in order:
             row[name] = run_one(recipe, name, workdir, f"paired-{name}", machine, sparse=name == "single-threaded")
         row["order"] = order
@@ -656,10 +662,10 @@ def acceptance(ctx: dict) -> list[dict]:
                      "met": met})
 
     paired: Paired | None = ctx.get("paired")
-    if paired is not None and paired.per_round(lambda r: 0.0):
-        _paired_acceptance(paired, add)
-        cpu = None  # the figures below are the unpaired ones; reported in their own sections
-    if cpu is not None:
+    use_paired = paired is not None and bool(paired.complete)
+    if use_paired:
+        _paired_acceptance(paired, add)  # the separate blocks' figures stay in their own sections
+    if cpu is not None and not use_paired:
         b, n = cpu.best, len(cpu.tasks_cpus)
         v = cpu.tasks_cpu / floor.cpu
         add("tasks_cpu_over_floor", "Tasks CPU / floor CPU (single-threaded)", v,
@@ -672,7 +678,7 @@ def acceptance(ctx: dict) -> list[dict]:
             f"{', '.join(f'{c:.2f}' for c in cpu.process_cpus)}); wall {cpu.wall_of_best_cpu:.2f} s "
             f"({cpu.wall_of_best_cpu / floor.wall:.2f}x the floor's wall {floor.wall:.2f} s)",
             f"<= {TARGET_RUN_CPU:.1f}x", v <= TARGET_RUN_CPU)
-    st = _at(groups.get((UNSPLIT, "single-threaded"), []), top) if paired is None else None
+    st = None if use_paired else _at(groups.get((UNSPLIT, "single-threaded"), []), top)
     for name, target, key in (("processes", TARGET_PROCESSES_SPEEDUP, "processes_speedup"),
                               ("threads", TARGET_THREADS_SPEEDUP, "threads_speedup")):
         other = _at(groups.get((UNSPLIT, name), []), top)
@@ -728,7 +734,7 @@ def _paired_acceptance(paired: Paired, add) -> None:
     """The CPU and speed-up figures from the paired rounds: the median over the rounds of each round's
     own ratio (the machine's drift cancels within a round), with their range and the ratio of the least
     values of each kind over all rounds."""
-    n = len(paired.per_round(lambda r: 0.0))
+    n = len(paired.complete)
 
     def figure(key, name, num, den, target, at_most: bool, what: str) -> None:
         ratios = paired.per_round(lambda r: num(r) / den(r))
@@ -761,8 +767,7 @@ def _paired_md(paired: Paired) -> list[str]:
              "rounds of a read-floor pass followed by one run on each of single-threaded, threads and processes "
              "(their order rotating): each figure is the median of the rounds' own ratios, so that every ratio "
              "compares runs made within seconds of each other: this machine's speed drifts by up to ~25 % over "
-             "minutes. The sections below measure each executor "
-             "in its own block of runs.", "",
+             "minutes. The sections below measure each executor in its own block of runs.", "",
              "| round | order | floor CPU s | single-threaded tasks CPU s | process CPU s | wall s: single-threaded "
              "| threads | processes |", "|--:|---|--:|--:|--:|--:|--:|--:|"]
     for i, r in enumerate(paired.rounds):
@@ -1332,8 +1337,8 @@ def _main(argv: list[str] | None) -> int:
 
     total = time.perf_counter() - started
     ctx = {
-        "runs": runs, "floor": floor, "cpu": cpu, "scaling": scaling, "paired": paired, "machine": info, "repeats": args.repeats,
-        "cpu_repeats": args.cpu_repeats, "scaling_executors": scaling_executors,
+        "runs": runs, "floor": floor, "cpu": cpu, "scaling": scaling, "paired": paired, "machine": info,
+        "repeats": args.repeats, "cpu_repeats": args.cpu_repeats, "scaling_executors": scaling_executors,
         "date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "recipe_name": recipe.name, "quick": args.quick,
         "aoi": f"bbox {list(recipe.aoi.bbox)}" if recipe.aoi.bbox else "AOI",
         "granules": len(urls), "tasks": len(plan.tasks), "pairs": pairs,
