@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import healpix_geo.nested as hpn
 import numpy as np
 
+from .polar_cells import MAX_ORDER, polar_cap_cells
+
 ELLIPSOID = "WGS84"
 
 
@@ -81,10 +83,19 @@ class Grid:
 def cells_of_points(lon: np.ndarray, lat: np.ndarray, order: int, num_threads: int = 0) -> np.ndarray:
     """Nested HEALPix ids (uint64) of points, with latitude made authalic on the WGS84 ellipsoid.
 
+    healpix-geo's ids: points in the polar caps are assigned in numpy where rounding cannot change
+    the answer (`polar_cells`), every other point by healpix-geo.
+
     `num_threads` 0 uses every core; tasks pass 1, since their parallelism belongs to the executor."""
-    lon = np.ascontiguousarray(lon, dtype=np.float64)
-    lat = np.ascontiguousarray(lat, dtype=np.float64)
+    lon = np.ascontiguousarray(lon, dtype=np.float64).ravel()
+    lat = np.ascontiguousarray(lat, dtype=np.float64).ravel()
     if lon.size == 0:
         return np.empty(0, dtype=np.uint64)
-    ids = hpn.lonlat_to_healpix(lon, lat, order, ellipsoid=ELLIPSOID, num_threads=num_threads)
-    return np.asarray(ids, dtype=np.uint64)
+    if order > MAX_ORDER:
+        return np.asarray(hpn.lonlat_to_healpix(lon, lat, order, ellipsoid=ELLIPSOID, num_threads=num_threads),
+                          dtype=np.uint64)
+    ids, sure = polar_cap_cells(lon, lat, order)
+    rest = np.flatnonzero(~sure)
+    if rest.size:
+        ids[rest] = hpn.lonlat_to_healpix(lon[rest], lat[rest], order, ellipsoid=ELLIPSOID, num_threads=num_threads)
+    return ids
