@@ -23,7 +23,7 @@ from .domain import Filters, GranuleFailure, GranuleRef, RetryPolicy
 from .fs import EndpointUnreachable
 from .grid import Grid, cells_of_points
 from .intermediate import MAX_SEGMENT_ROWS, GranuleRecord, Location, row_columns, row_dtype, source_stamp
-from .memory import peak_bytes, reset_peak
+from .memory import keep_freed_memory, peak_bytes, reset_peak
 from .products import atl06
 from .read import GranuleError, ReaderName, open_granule
 from .retry import retrying
@@ -121,6 +121,7 @@ def partition_granule(ref: GranuleRef, job: PartitionJob, projected_bytes: int =
     done = job.location.record(ref.granule_id, job.key, source)
     if done is not None and done.status == "ok":
         return done
+    keep_freed_memory()
     reset_peak()
     start, cpu = time.perf_counter(), time.process_time()
     attempt = 0
@@ -303,6 +304,7 @@ def reduce_task(entries: np.ndarray, granules: tuple[GranuleRef, ...], listed: t
     Segments are concatenated with the task's listed granules first, in listing order, then the
     rest in plan order: the order a footprint-true read would see them, so sums are reproducible.
     """
+    keep_freed_memory()
     start, cpu = time.perf_counter(), time.process_time()
     entries = np.asarray(entries, np.int64).ravel()
     first, rows = unpack(np.maximum(entries, 0))
