@@ -79,3 +79,31 @@ def test_a_killed_worker_is_retried_and_the_store_is_complete(demo_recipe, demo_
         np.testing.assert_allclose(got[name].values, ref[name].values, rtol=1e-12, atol=0,
                                    equal_nan=True, err_msg=name)
     assert summary.observations == int(ref["count"].sum())
+
+
+def test_broken_pool_filter_works_while_the_interpreter_shuts_down(monkeypatch):
+    """asyncio reports abandoned futures at exit too, when imports fail: the filter must not import."""
+    import builtins
+    import logging
+    from concurrent.futures.process import BrokenProcessPool
+
+    from polaragg import executors
+
+    executors.forget_broken_pool()
+    echo = executors._BROKEN_POOL_ECHO
+    broken = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Future exception was never retrieved",
+                               None, (BrokenProcessPool, BrokenProcessPool("gone"), None))
+    other = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "Future exception was never retrieved",
+                              None, (ValueError, ValueError("kept"), None))
+
+    def no_imports(*args, **kwargs):
+        raise ImportError("sys.meta_path is None, Python is likely shutting down")
+
+    monkeypatch.setattr(builtins, "__import__", no_imports)
+    try:
+        verdicts = echo.filter(broken), echo.filter(other)
+    except ImportError as exc:
+        verdicts = exc
+    finally:
+        monkeypatch.undo()
+    assert verdicts == (False, True)

@@ -57,14 +57,20 @@ def _start_method() -> str:
 class _BrokenPoolEcho(logging.Filter):
     """Drops asyncio's "exception was never retrieved" reports of a pool whose breakage was handled."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self) -> None:
+        super().__init__()
+        # Imported here, not in `filter`: reports also come while the interpreter shuts down, when
+        # imports fail.
         from concurrent.futures.process import BrokenProcessPool
 
+        self._broken = BrokenProcessPool
+
+    def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(exc, BrokenProcessPool) and "never retrieved" in record.getMessage())
+        return not (isinstance(exc, self._broken) and "never retrieved" in record.getMessage())
 
 
-_BROKEN_POOL_ECHO = _BrokenPoolEcho()
+_BROKEN_POOL_ECHO: _BrokenPoolEcho | None = None
 
 
 def forget_broken_pool() -> None:
@@ -74,6 +80,9 @@ def forget_broken_pool() -> None:
     and hides nothing but these reports."""
     import gc
 
+    global _BROKEN_POOL_ECHO
+    if _BROKEN_POOL_ECHO is None:
+        _BROKEN_POOL_ECHO = _BrokenPoolEcho()
     asyncio_logger = logging.getLogger("asyncio")
     if _BROKEN_POOL_ECHO not in asyncio_logger.filters:
         asyncio_logger.addFilter(_BROKEN_POOL_ECHO)
