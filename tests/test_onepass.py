@@ -140,3 +140,34 @@ def test_a_datasets_temporary_partitions_go_when_the_last_dataset_using_them_doe
         Plan._finalize.cache_clear()
     gc.collect()
     assert not folder.exists()  # `got` holds numbers, not the plan
+
+
+def test_cell_tasks_run_in_blocks_with_the_same_store_and_a_record_per_task(demo_recipe, tmp_path, monkeypatch):
+    """A run's cell stage in blocks of several tasks (the local executors) writes what one task per
+    block writes, and keeps a ledger record, peak and CPU per task."""
+    from polaragg import runner
+    from polaragg.ledger import read_records
+    from polaragg.intermediate import Location as Loc
+    from polaragg.plan import RunTarget, run_array
+
+    recipe = _small(demo_recipe)
+    stores = {}
+    for per_worker in (1000, 2, 1):  # one task per block, a few blocks (the last one short), one block
+        monkeypatch.setattr(runner, "CELL_BLOCKS_PER_WORKER", per_worker)
+        plan = plan_recipe(recipe, executor="single-threaded")
+        n = len(plan.tasks)
+        k = plan.tasks_per_block
+        assert k == -(-n // min(per_worker, n))
+        arr = run_array(plan, Loc(str(tmp_path / "unused")), RunTarget(str(tmp_path / "x.zarr"), "single-threaded", ""))
+        assert arr.chunks[0] == (k,) * (n // k) + ((n % k,) if n % k else ())
+        store = str(tmp_path / f"blocks-{per_worker}.zarr")
+        polaragg.run(recipe, store=store, executor="single-threaded", progress=False)
+        records = read_records(store)
+        assert len(records) == n and len({(r.parent, r.child_lo) for r in records}) == n
+        assert all(r.peak_memory_bytes > 0 and r.cpu_seconds > 0 for r in records)
+        ds = xr.open_zarr(store, decode_times=False).load()
+        ds.attrs = {}  # the run's own summary, cost and creation time
+        stores[per_worker] = ds
+    assert n > 2  # so that 2 blocks per worker means blocks of several tasks
+    for per_worker in (2, 1):
+        xr.testing.assert_identical(stores[per_worker], stores[1000])

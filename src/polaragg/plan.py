@@ -81,6 +81,8 @@ class Plan:
     # Tasks the cell stage computes, in execution order (None: all of them, in cell order).
     columns: tuple[int, ...] | None = field(default=None, repr=False)
     granules_per_task: int = 1  # granule-stage task b partitions granules [b * k, (b + 1) * k)
+    # A run's cell stage in up to this many blocks of consecutive `task_columns` (None: a block per task).
+    cell_blocks: int | None = None
     time: TimeBins = PartitionJob.bins  # default: one bin holding every time, no fit
     hemisphere: str = "south"  # of the polar stereographic x, y of the change fit
     granule_bins: tuple[int, ...] = field(default=(), repr=False)  # per granule: its bin (cycle bins) or NO_BIN
@@ -141,6 +143,12 @@ class Plan:
     @property
     def task_columns(self) -> tuple[int, ...]:
         return tuple(range(len(self.tasks))) if self.columns is None else self.columns
+
+    @property
+    def tasks_per_block(self) -> int:
+        """Cell-stage tasks per block of a run (one at a time, each with its own record and peak)."""
+        n = len(self.task_columns)
+        return 1 if not self.cell_blocks or n == 0 else -(-n // min(self.cell_blocks, n))
 
     @cached_property
     def partition_key(self) -> str:
@@ -221,6 +229,7 @@ def make_plan(
     retry: RetryPolicy = RetryPolicy(),
     memory: MemoryModel = DEFAULT_MODEL,
     granule_tasks: int | None = None,
+    cell_blocks: int | None = None,
     time: TimeBins | None = None,
     coarsest_order: int | None = None,
     stored_bins: int = 0,
@@ -229,7 +238,9 @@ def make_plan(
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
     The granule stage runs one task per granule, or `granule_tasks` tasks of equally many granules
-    (fewer, larger tasks cost less to dispatch on a few local workers), balanced by expected rows.
+    (fewer, larger tasks cost less to dispatch on a few local workers), balanced by expected rows. A
+    run's cell stage likewise runs one task per block, or up to `cell_blocks` blocks of consecutive
+    tasks (in execution order, largest first), each block running its tasks one after another.
 
     When the busiest parent's projected memory exceeds `memory_per_task`, every parent's children
     are split into the smallest power-of-two number of equal ranges for which every task fits, before
@@ -272,7 +283,7 @@ def make_plan(
     granule_bins = tuple(time.granule_bin(bin_cycle) if time.kind == "cycle" else NO_BIN
                          for bin_cycle in (bin_of.get(g.granule_id, (-1, NO_BIN))[0] for g in granules))
     return Plan(grid, parents, tuple(_assign_reports(tasks)), reader, filters, storage_options, split, retry, memory,
-                granules, projected, granules_per_task=per_block, time=time,
+                granules, projected, granules_per_task=per_block, cell_blocks=cell_blocks, time=time,
                 hemisphere=_hemisphere(parents, grid.parent_order), granule_bins=granule_bins,
                 coarsest_order=None if coarsest_order is None or coarsest_order >= grid.child_order else coarsest_order,
                 bin_groups=groups if len(groups) > 1 else (), stored_bins=stored_bins, time_chunk=time_chunk)
@@ -476,8 +487,12 @@ class _ReduceAndStore:
         self.target = target
 
     def __call__(self, entries: np.ndarray, block_id: tuple[int, int]) -> np.ndarray:
-        plan, index = self.plan, self.plan.task_columns[block_id[0]]
-        task = plan.tasks[index]
+        first = block_id[0] * self.plan.tasks_per_block
+        columns = self.plan.task_columns[first:first + entries.shape[0]]
+        return np.concatenate([self._task(index, row) for index, row in zip(columns, entries)])
+
+    def _task(self, index: int, entries: np.ndarray) -> np.ndarray:
+        plan, task = self.plan, self.plan.tasks[index]
         reset_peak()
         start, cpu = time.perf_counter(), time.process_time()
         result = plan.reduce(index, entries, self.location, every_order=True, store=self.target.store,
@@ -562,19 +577,20 @@ def _index(plan: Plan, location: Location, chunk_manager: str, spec):
                     name=f"polaragg-partition-{_token(plan, location)}", **extra)
 
 
-def _by_task(index, chunk_manager: str):
-    """The index with one block per task holding every granule's entry for it."""
+def _by_task(index, chunk_manager: str, per_block: int = 1):
+    """The index with one block per `per_block` tasks holding every granule's entry for them."""
     if chunk_manager == "cubed":
         import cubed.array_api as xp
 
         by_task = xp.permute_dims(index, (1, 0))
     else:
         by_task = index.T
-    return by_task.rechunk((1, index.shape[0]))
+    return by_task.rechunk((per_block, index.shape[0]))
 
 
-def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str, spec, name: str):
-    by_task = _by_task(_index(plan, location, chunk_manager, spec), chunk_manager)
+def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str, spec, name: str,
+                per_block: int = 1):
+    by_task = _by_task(_index(plan, location, chunk_manager, spec), chunk_manager, per_block)
     if chunk_manager == "cubed":
         import cubed
 
@@ -593,10 +609,12 @@ def stats_array(plan: Plan, location: Location, chunk_manager: str = "cubed", sp
 
 
 def run_array(plan: Plan, location: Location, target: RunTarget, chunk_manager: str = "cubed", spec=None):
-    """Lazy (tasks x summary) array whose computation runs every task and fills the store."""
-    chunks = ((1,) * len(plan.task_columns), (len(SUMMARY_FIELDS),))
+    """Lazy (tasks x summary) array whose computation runs every task and fills the store, in blocks of
+    `plan.tasks_per_block` tasks."""
+    n, k = len(plan.task_columns), plan.tasks_per_block
+    chunks = ((k,) * (n // k) + ((n % k,) if n % k else ()), (len(SUMMARY_FIELDS),))
     return _cell_stage(_ReduceAndStore(plan, location, target), plan, location, chunks, chunk_manager, spec,
-                       f"polaragg-run-{_token(plan, location, target.store, target.run_id)}")
+                       f"polaragg-run-{_token(plan, location, target.store, target.run_id)}", per_block=k)
 
 
 def _virtual(func, chunks, chunk_manager: str, spec, dtype, name: str, **kwargs):

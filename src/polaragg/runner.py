@@ -47,6 +47,7 @@ MISS_ROUNDS = 2  # reruns of tasks that lack rows another task's granule record 
 # to balance, few enough that dispatch costs little: on the one-cycle recipe with 2 processes, 8 per
 # worker beat 4 and 16 by about 5 %); Lambda, Coiled and lithops-local run one each.
 GRANULE_TASKS_PER_WORKER = 8
+CELL_BLOCKS_PER_WORKER = 8  # a run's cell tasks in this many blocks per worker (each task costs Cubed ~5 ms)
 GROUPED_EXECUTORS = ("single-threaded", "threads", "processes", "dask", "dask-distributed")
 # Executors whose tasks run in the client's own process: their credentials are never pickled.
 IN_PROCESS_EXECUTORS = ("single-threaded", "threads", "dask")
@@ -93,6 +94,7 @@ def _make_plan(recipe: Recipe, catalog: Catalog, bins: TimeBins, executor: str |
                      memory_per_task=recipe.executor.memory_bytes, retry=recipe.retry.policy(),
                      memory=model_for(name, workers),
                      granule_tasks=GRANULE_TASKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None,
+                     cell_blocks=CELL_BLOCKS_PER_WORKER * workers if name in GROUPED_EXECUTORS else None,
                      time=bins, coarsest_order=recipe.output.coarsest_order, **extra)
 
 
