@@ -70,7 +70,7 @@ class _BrokenPoolEcho(logging.Filter):
         return not (isinstance(exc, self._broken) and "never retrieved" in record.getMessage())
 
 
-_BROKEN_POOL_ECHO: _BrokenPoolEcho | None = None
+_BROKEN_POOL_ECHO = _BrokenPoolEcho()
 
 
 def forget_broken_pool() -> None:
@@ -80,9 +80,6 @@ def forget_broken_pool() -> None:
     and hides nothing but these reports."""
     import gc
 
-    global _BROKEN_POOL_ECHO
-    if _BROKEN_POOL_ECHO is None:
-        _BROKEN_POOL_ECHO = _BrokenPoolEcho()
     asyncio_logger = logging.getLogger("asyncio")
     if _BROKEN_POOL_ECHO not in asyncio_logger.filters:
         asyncio_logger.addFilter(_BROKEN_POOL_ECHO)

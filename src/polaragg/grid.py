@@ -91,10 +91,10 @@ def cells_of_points(lon: np.ndarray, lat: np.ndarray, order: int, num_threads: i
     lat = np.ascontiguousarray(lat, dtype=np.float64).ravel()
     if lon.size == 0:
         return np.empty(0, dtype=np.uint64)
-    if order > MAX_ORDER:
-        return np.asarray(hpn.lonlat_to_healpix(lon, lat, order, ellipsoid=ELLIPSOID, num_threads=num_threads),
-                          dtype=np.uint64)
-    ids, sure = polar_cap_cells(lon, lat, order)
+    if order <= MAX_ORDER:
+        ids, sure = polar_cap_cells(lon, lat, order)
+    else:
+        ids, sure = np.empty(lon.size, dtype=np.uint64), np.zeros(lon.size, dtype=bool)
     rest = np.flatnonzero(~sure)
     if rest.size:
         ids[rest] = hpn.lonlat_to_healpix(lon[rest], lat[rest], order, ellipsoid=ELLIPSOID, num_threads=num_threads)

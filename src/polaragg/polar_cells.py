@@ -52,18 +52,14 @@ def polar_cap_cells(lon: np.ndarray, lat: np.ndarray, order: int) -> tuple[np.nd
         raise ValueError(f"order must be within 0..{MAX_ORDER}, got {order}")
     ids = np.empty(lon.size, dtype=np.uint64)
     sure = np.empty(lon.size, dtype=bool)
-    for a in range(0, lon.size, _BLOCK):
-        b = min(a + _BLOCK, lon.size)
-        ids[a:b], sure[a:b] = _block(lon[a:b], lat[a:b], order)
+    with np.errstate(invalid="ignore"):  # NaN and inf give garbage ids here, and are not `sure`
+        for a in range(0, lon.size, _BLOCK):
+            b = min(a + _BLOCK, lon.size)
+            ids[a:b], sure[a:b] = _block(lon[a:b], lat[a:b], order)
     return ids, sure
 
 
 def _block(lon: np.ndarray, lat: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
-    with np.errstate(invalid="ignore"):  # NaN and inf give garbage here, and are not `sure`
-        return _block_ids(lon, lat, order)
-
-
-def _block_ids(lon: np.ndarray, lat: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
     nside = 1 << order
     s = np.radians(lat)
     np.sin(s, out=s)
