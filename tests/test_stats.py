@@ -307,3 +307,24 @@ def test_coarser_stats_of_a_task_without_observations():
     merged, mkey = coarser_stats(block, key)
     assert merged.shape[0] == 16 and mkey.size == 0
     assert (merged[:, STAT_INDEX["count"]] == 0).all() and np.isnan(merged[:, STAT_INDEX["h_q50"]]).all()
+
+
+@pytest.mark.parametrize("kind", [None, "stable"])
+def test_bit_identical_whichever_sort_the_machine_picks(kind, monkeypatch):
+    """The key sort's kind is chosen by timing; both kinds must give the lexsort's bits, ties included."""
+    import polaragg.stats as stats
+
+    monkeypatch.setattr(stats, "key_sort_kind", lambda: kind)
+    rng = np.random.default_rng(77)
+    cell, h, sigma, t, n_cells = _random_obs(rng, n_obs=200_000, n_cells=4096, negative=True, ties=True)
+    h32 = h.astype(np.float32)
+    h32[::7] = h32[0]  # many equal keys
+    _assert_bit_identical(cell, h32, sigma, t, n_cells)
+    order = np.argsort(cell, kind="stable")  # along-track-like runs: rows grouped by cell
+    _assert_bit_identical(cell[order], h32[order], sigma[order], t[order], n_cells)
+
+
+def test_key_sort_kind_is_one_of_numpys():
+    from polaragg.stats import key_sort_kind
+
+    assert key_sort_kind() in (None, "stable")
