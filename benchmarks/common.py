@@ -23,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 # The packages whose versions `machine_info` lists by default (benchmarks/run.py's report).
-PACKAGES = ("polaragg", "numpy", "h5py", "isal", "zarr", "xarray", "cubed", "dask", "distributed", "lithops",
+PACKAGES = ("polaragg", "numpy", "h5py", "isal", "deflate", "zarr", "xarray", "cubed", "dask", "distributed", "lithops",
             "pandas")
 
 

@@ -71,7 +71,7 @@ QUICK_REGIONS = (11,)
 QUICK_RGT_STEP = 60
 QUICK_SERIES = {1: (22,), 2: (21, 22)}
 
-PACKAGES = ("polaragg", "numpy", "h5py", "isal", "zarr", "xarray", "cubed", "pandas", "psutil")
+PACKAGES = ("polaragg", "numpy", "h5py", "isal", "deflate", "zarr", "xarray", "cubed", "pandas", "psutil")
 # A measured run during which other processes used more than this share of the machine is "disturbed":
 # while the best run of a point is, up to --max-extra more runs are made.
 DISTURBED = 0.2

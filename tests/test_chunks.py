@@ -12,6 +12,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import deflate
 import pytest
 from isal import isal_zlib
 
@@ -73,19 +74,47 @@ def _check(path: Path, use_fd: bool, monkeypatch: pytest.MonkeyPatch, fast: bool
     assert (not calls) if fast else calls, f"fast path expected {fast}, dset[...] calls: {calls}"
 
 
-def test_inflater_is_isal():
-    assert inflate_name() == "isal"
+INFLATERS = ("libdeflate", "isal", "zlib")
+# The error each inflater raises for a damaged stream.
+INFLATER_ERRORS = {"libdeflate": deflate.DeflateError, "isal": isal_zlib.error, "zlib": zlib.error}
 
 
+def _use(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make read_column inflate with the named inflater, whatever the timing picked."""
+    inflate = chunks._inflaters()[name]
+    monkeypatch.setattr(chunks, "_inflater", lambda: (name, inflate))
+
+
+def test_the_timed_inflater_is_one_of_the_fast_ones():
+    """Both declared inflaters are installed, so the timing picks one of them, never the zlib fallback."""
+    assert set(chunks._inflaters()) == set(INFLATERS)
+    assert inflate_name() in ("libdeflate", "isal")
+
+
+def test_inflaters_agree_with_zlib_on_every_stream():
+    """The same bytes from every inflater, on streams of every level and shape a chunk can have."""
+    rng = np.random.default_rng(3)
+    payloads = [rng.normal(size=10_000).tobytes(), np.zeros(8000).tobytes(), rng.integers(0, 4, 30_000, np.uint8).tobytes(),
+                b"", np.cumsum(rng.normal(size=5000)).astype("<f4").tobytes()]
+    for payload in payloads:
+        for level in (0, 1, 6, 9):
+            raw = zlib.compress(payload, level)
+            for name, inflate in chunks._inflaters().items():
+                assert inflate(raw, len(payload)) == payload, (name, level, len(payload))
+
+
+@pytest.mark.parametrize("name", INFLATERS)
 @pytest.mark.parametrize("use_fd", [True, False], ids=["fd", "no-fd"])
-def test_stdlib_zlib_inflater(tmp_path, monkeypatch, use_fd):
-    """Without isal the same chunks are inflated with the standard library."""
-    monkeypatch.setattr(chunks, "_inflater", zlib)
-    assert inflate_name() == "zlib"
+def test_every_inflater_reads_what_h5py_reads(tmp_path, monkeypatch, use_fd, name):
+    """With each inflater the same chunks give h5py's values (the timing may pick either fast one)."""
+    _use(monkeypatch, name)
+    assert inflate_name() == name
     path = tmp_path / "z.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=_values("<u2", 2500), chunks=(1000,), compression="gzip", shuffle=True)
+        f.create_dataset("y", data=_values("<f8", 2222), chunks=(1000,), compression="gzip")
     _check(path, use_fd, monkeypatch, fast=True)
+    _check(path, use_fd, monkeypatch, fast=True, name="y")
 
 
 @pytest.mark.parametrize("use_fd", [True, False], ids=["fd", "no-fd"])
@@ -170,10 +199,12 @@ def test_unwritten_chunks_read_as_fill(tmp_path, monkeypatch, use_fd):
     _check(path, use_fd, monkeypatch, fast=False)
 
 
+@pytest.mark.parametrize("name", INFLATERS)
 @pytest.mark.parametrize("use_fd", [True, False], ids=["fd", "no-fd"])
 @pytest.mark.parametrize("shuffle", [False, True], ids=["plain", "shuffle"])
-def test_corrupt_chunk_raises(tmp_path, use_fd, shuffle):
-    """A damaged deflate stream raises the inflater's error (isal_zlib.error), never returns wrong data."""
+def test_corrupt_chunk_raises(tmp_path, monkeypatch, use_fd, shuffle, name):
+    """A damaged deflate stream raises the inflater's own error (one of INFLATE_ERRORS), never wrong data."""
+    _use(monkeypatch, name)
     path = tmp_path / "c.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("x", data=_values("<f8", 3000), chunks=(1000,), compression="gzip", shuffle=shuffle)
@@ -185,7 +216,7 @@ def test_corrupt_chunk_raises(tmp_path, use_fd, shuffle):
         fh.write(b"\xff\x00\x5a\xa5\xff\x00\x5a\xa5")
     with pytest.raises(INFLATE_ERRORS) as caught:
         _read(path, use_fd)
-    assert isinstance(caught.value, isal_zlib.error), caught.value  # IsalError: bad data or checksum
+    assert isinstance(caught.value, INFLATER_ERRORS[name]), caught.value  # bad data or checksum
     with pytest.raises(OSError):  # h5py's own read of the same file fails too
         _reference(path)
 
