@@ -34,7 +34,8 @@ __all__ = ["INFLATE_ERRORS", "inflate_name", "read_column"]
 
 Inflate = Callable[[bytes, int], bytes]  # (zlib stream, its inflated size) -> the inflated bytes
 
-# What a corrupt deflate stream (bad data, bad checksum, more bytes than the chunk holds) raises.
+# What a corrupt deflate stream (bad data or checksum) raises with each inflater; libdeflate raises too for a
+# stream longer than the chunk, which the others return whole and `read_column` then reads with h5py.
 INFLATE_ERRORS: tuple[type[Exception], ...] = tuple(
     e for e in (deflate and deflate.DeflateError, isal_zlib and isal_zlib.error, zlib.error) if e is not None)
 
