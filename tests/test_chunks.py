@@ -10,9 +10,9 @@ import os
 import zlib
 from pathlib import Path
 
+import deflate
 import h5py
 import numpy as np
-import deflate
 import pytest
 from isal import isal_zlib
 

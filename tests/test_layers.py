@@ -28,7 +28,7 @@ LAYERS: dict[str, set[str]] = {
     # the recipe: validated configuration (pydantic, yaml)
     "config": {"recipe", "prices"},
     # HEALPix conventions and cell assignment, exact coverage, geometry, reductions, the memory model
-    "domain": {"grid", "polar_cells", "products", "products.atl06", "stats", "coverage", "aoi", "memory", "projection", "change", "timebins", "schema", "pyramid"},
+    "domain": {"fastest", "grid", "polar_cells", "products", "products.atl06", "stats", "coverage", "aoi", "memory", "projection", "change", "timebins", "schema", "pyramid"},
     # granules, Zarr store, ledger, lock, CMR, catalog, sources, synthetic granules, checks and maps of a store,
     # the retry policy they share
     "io": {"fs", "retry", "credentials", "chunks", "read", "intermediate", "ledger", "lock", "store", "cmr", "catalog", "sources", "synthetic", "validate", "viz"},

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .fastest import fastest
 
 try:
     import deflate
@@ -70,14 +71,7 @@ def _inflater() -> tuple[str, Inflate]:
     steps = (np.arange(2 * rows, dtype=np.uint64) * np.uint64(2654435761) % np.uint64(2**32)).astype(np.float64)
     track = 2500.0 + np.cumsum(steps / 2**32 - 0.5) * 0.1
     chunks = [zlib.compress(part.tobytes(), 1) for part in np.split(track, 2)]
-    best: dict[str, float] = {}
-    for _ in range(3):
-        for name, inflate in fast.items():
-            start = time.perf_counter()
-            for raw in chunks:
-                inflate(raw, rows * 8)
-            best[name] = min(best.get(name, np.inf), time.perf_counter() - start)
-    name = min(best, key=best.get)
+    name = fastest({k: (lambda f=f: [f(raw, rows * 8) for raw in chunks]) for k, f in fast.items()})
     return name, fast[name]
 
 

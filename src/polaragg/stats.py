@@ -7,12 +7,12 @@ Everything is computed over whole arrays: `np.bincount` for sums, one sort of a 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .fastest import fastest
 from .products.atl06 import DELTA_TIME_UNITS
 
 
@@ -242,13 +242,8 @@ def key_sort_kind() -> str | None:
     steps = (scramble % np.uint64(81)).astype(np.int64).reshape(tracks, per_track) - 40
     heights = (np.cumsum(steps, axis=1) + (1 << 30)).astype(np.uint64)  # slowly varying along a track
     keys = ((cells << np.uint64(32)) | heights).ravel()
-    best: dict[str | None, float] = {}
-    for kind in (None, "stable") * 3:
-        a = keys.copy()
-        start = time.perf_counter()
-        a.sort(kind=kind)
-        best[kind] = min(best.get(kind, np.inf), time.perf_counter() - start)
-    return None if best[None] < best["stable"] else "stable"
+    kinds = {"default": None, "stable": "stable"}
+    return kinds[fastest({name: (lambda kind=kind: keys.copy().sort(kind=kind)) for name, kind in kinds.items()})]
 
 
 def _sorted_quantile(pick, start: np.ndarray, n: np.ndarray, q: float) -> np.ndarray:
