@@ -40,7 +40,9 @@ Inflate = Callable[[bytes, int], bytes]  # (zlib stream, its inflated size) -> t
 INFLATE_ERRORS: tuple[type[Exception], ...] = tuple(
     e for e in (deflate and deflate.DeflateError, isal_zlib and isal_zlib.error, zlib.error) if e is not None)
 
-_PLAIN_TYPES: dict[np.dtype, h5py.h5t.TypeID] = {}  # numpy dtype -> the HDF5 type h5py creates for it
+# HDF5 type, serialised (H5Tencode) -> its numpy dtype when it is exactly a plain numpy type, else None:
+# equal encodings are equal types, and one encode costs a fifth of converting and comparing the type.
+_PLAIN_TYPES: dict[bytes, np.dtype | None] = {}
 
 
 def _inflaters() -> dict[str, Inflate]:
@@ -98,15 +100,24 @@ def _fast_layout(dsid: h5py.h5d.DatasetID) -> tuple[int, np.dtype, int, bool] | 
     else:
         return None
     tid = dsid.get_type()
+    key = tid.encode()
+    if key not in _PLAIN_TYPES:
+        _PLAIN_TYPES[key] = _plain_dtype(tid)
+    dtype = _PLAIN_TYPES[key]
+    if dtype is None:
+        return None
+    return shape[0], dtype, dcpl.get_chunk()[0], shuffled
+
+
+def _plain_dtype(tid: h5py.h5t.TypeID) -> np.dtype | None:
+    """The numpy dtype of an HDF5 type that is exactly a plain integer or float type (no padding, custom
+    precision or bit order), else None."""
+    import h5py
+
     dtype = tid.dtype
     if dtype.kind not in "iuf" or dtype.fields is not None or dtype.subdtype is not None:
         return None
-    # The stored type must be exactly the plain numpy type (no padding, custom precision or bit order).
-    if dtype not in _PLAIN_TYPES:
-        _PLAIN_TYPES[dtype] = h5py.h5t.py_create(dtype)
-    if not tid.equal(_PLAIN_TYPES[dtype]):
-        return None
-    return shape[0], dtype, dcpl.get_chunk()[0], shuffled
+    return dtype if tid.equal(h5py.h5t.py_create(dtype)) else None
 
 
 def read_column(dset: h5py.Dataset | h5py.h5d.DatasetID, fd: int | None = None) -> np.ndarray:
