@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 import polaragg
 from polaragg import aggregate
@@ -161,9 +162,12 @@ def test_cell_tasks_run_in_blocks_with_the_same_store_and_a_record_per_task(demo
         arr = run_array(plan, Loc(str(tmp_path / "unused")), RunTarget(str(tmp_path / "x.zarr"), "single-threaded", ""))
         assert arr.chunks[0] == (k,) * (n // k) + ((n % k,) if n % k else ())
         store = str(tmp_path / f"blocks-{per_worker}.zarr")
-        polaragg.run(recipe, store=store, executor="single-threaded", progress=False)
+        summary = polaragg.run(recipe, store=store, executor="single-threaded", progress=False)
         records = read_records(store)
         assert len(records) == n and len({(r.parent, r.child_lo) for r in records}) == n
+        counts = zarr.open_array(store, path="count", mode="r")[:]
+        with_data = np.count_nonzero(counts.sum(axis=0))
+        assert with_data > 0 and summary.child_cells_with_data == with_data  # summed from the tasks' records
         assert all(r.peak_memory_bytes > 0 and r.cpu_seconds > 0 for r in records)
         ds = xr.open_zarr(store, decode_times=False).load()
         ds.attrs = {}  # the run's own summary, cost and creation time

@@ -358,6 +358,10 @@ def test_append_of_a_cycle_equals_a_full_recompute(change_run, tmp_path):
     assert read_now and all(int(g[1:3]) == CYCLES[-1] for g in read_now)  # synthetic ids: G<cycle><rgt>...
     assert sum(r.observations for r in records) == summary0.observations
     assert "appending" not in xr.open_zarr(store).attrs
+    # the summary's cells with data (summed from the tasks' records) count every bin, old and new
+    with_data = int((xr.open_zarr(store)["count"].sum("time") > 0).sum())
+    assert json.loads(xr.open_zarr(store).attrs["run_summary"])["child_cells_with_data"] == with_data
+    assert with_data == summary0.child_cells_with_data
     from polaragg.validate import validate_store
 
     assert validate_store(store) == []

@@ -65,6 +65,7 @@ class TaskRecord:
     cpu_seconds: float = 0.0
     granule_cpu_seconds: float = 0.0
     segments: int | None = None  # (granule, task) segments of the partitions read (None: not recorded)
+    cells_with_data: int | None = None  # child cells of its chunk with observations in any bin (None: not recorded)
 
     @property
     def key(self) -> str:

@@ -507,7 +507,9 @@ class _ReduceAndStore:
             row += n
         digest = combine_checksums(digests)
         result = dataclasses.replace(result, seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu)
-        record = self._record(task, result, digest)
+        counts = result.block[:plan.chunk_cells, plan.schema.columns("count")]
+        record = dataclasses.replace(self._record(task, result, digest),
+                                     cells_with_data=int(np.count_nonzero(counts.sum(axis=1))))
         write_record(self.target.store, record, self.target.storage_options)
         summary = [record.observations, record.rows_in_cell, record.granules, record.granules_read,
                    len(record.failures), record.seconds, record.peak_memory_bytes]

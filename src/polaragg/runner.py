@@ -379,7 +379,7 @@ def _run_locked(job: _Job) -> RunSummary:
         records_list = read_records(store)
         wall = time.perf_counter() - job.start
         summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
-                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store),
+                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store, records_list, plan),
                             time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
         cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan),
                         reader=recipe.reader)
@@ -583,7 +583,12 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
                         credentials=credentials.sets() if credentials else ())
 
 
-def _child_cells_with_data(store: str) -> int:
+def _child_cells_with_data(store: str, records: list[TaskRecord], plan: Plan) -> int:
+    """Child cells with observations: the sum of the tasks' own counts where every task of the plan recorded
+    one, else counted from the store's `count`."""
+    counted = {_key(r): r.cells_with_data for r in records if r.cells_with_data is not None}
+    if all(_key(t) in counted for t in plan.tasks):
+        return sum(counted[_key(t)] for t in plan.tasks)
     import zarr
 
     from .store import zarr_store
