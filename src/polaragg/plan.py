@@ -363,7 +363,7 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
                    ) -> tuple[tuple[GranuleRef, ...], tuple[int, ...], int]:
     """Every granule some task lists, in granule-stage order, its memory projection, and granules per task.
 
-    One granule per task: most expected rows first. Grouped: `k` granules per task (the last task
+    One granule per task: most work first (`_read_work`). Grouped: `k` granules per task (the last task
     holds the rest), each granule, largest first, going to the least-loaded task with room.
     """
     g = catalog.granules
@@ -372,7 +372,8 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
     for t in tasks:
         for ref in t.granules:
             seen.setdefault(ref.granule_id, ref)
-    order = sorted(seen.values(), key=lambda r: -rows.get(r.granule_id, 0.0))
+    work = _read_work(list(seen.values()), rows)
+    order = sorted(seen.values(), key=lambda r: -work[r.granule_id])
     k = 1 if not granule_tasks or not order else -(-len(order) // min(granule_tasks, len(order)))
     if k > 1:
         n_blocks = -(-len(order) // k)
@@ -382,10 +383,24 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
         for ref in order:
             b = min((i for i in range(n_blocks) if len(blocks[i]) < room[i]), key=lambda i: (load[i], i))
             blocks[b].append(ref)
-            load[b] += rows.get(ref.granule_id, 0.0)
+            load[b] += work[ref.granule_id]
         order = [ref for block in blocks for ref in block]
     busiest = max((rows.get(r.granule_id, 0.0) for r in order), default=0.0)
     return tuple(order), tuple(memory.partition(rows.get(r.granule_id, 0.0), busiest) for r in order), k
+
+
+def _read_work(refs: list[GranuleRef], rows: dict[str, float]) -> dict[str, float]:
+    """What partitioning each granule costs, for ordering the granule stage: its file's size where every
+    granule is a local file (a read costs the whole file), else its expected rows."""
+    sizes = {}
+    for ref in refs:
+        if "://" in ref.url and not ref.url.startswith("file://"):
+            return {r.granule_id: rows.get(r.granule_id, 0.0) for r in refs}
+        try:
+            sizes[ref.granule_id] = float(os.path.getsize(ref.url.removeprefix("file://")))
+        except OSError:
+            return {r.granule_id: rows.get(r.granule_id, 0.0) for r in refs}
+    return sizes
 
 
 def _assign_reports(tasks: list[Task]) -> list[Task]:
