@@ -40,8 +40,9 @@ except ImportError:  # run as a package
     from tests.auth_s3 import CredentialsEndpoint, TokenCheckingProxy
     from tests.test_s3 import _assert_same_store, _recipe, _s3_records
 
-LIFETIME_S = 6.0  # each token's life: the runs take several
-MARGIN_S = 4.0  # renewed this long before expiry: every S3 client made with one lives >= 4 s
+LIFETIME_S = 8.0  # each token's life: the runs take several
+MARGIN_S = 5.0  # renewed this long before expiry: every S3 client made with one lives >= 5 s (a push may
+# reach a busy 2-core machine's Dask workers seconds late)
 ACCOUNT_KEY = "AKIAREHEARSALACCOUNT"  # the account's own key: Lithops' scratch bucket only
 ACCOUNT_SECRET = "rehearsal-account-secret-" + uuid.uuid4().hex
 BIN = Path(sys.executable).parent
@@ -163,7 +164,7 @@ def _check_afterwards(result, cloud, extra_disk: dict[str, bytes] | None = None,
     _assert_same_store(open_store(result["store"]).load(), result["want"])
     # tokens rotated at least twice during the run, and it outlived several of their lifetimes
     assert result["fetches"] >= 3, result
-    assert result["seconds"] > LIFETIME_S
+    assert result["seconds"] > LIFETIME_S, result["seconds"]
     assert len(proxy.tokens_seen) >= 3
     assert not proxy.refused, proxy.refused[:5]  # no task ever sent an expired or missing token
     # every object left in any bucket, every log and every file the client wrote: no secret anywhere

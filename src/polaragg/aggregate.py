@@ -215,10 +215,12 @@ def _partition(ref: GranuleRef, job: PartitionJob, granule_bin: int
             counts["rows"] += int(lat.size)
             counts["rows_invalid"] += int(lat.size) - n_valid
             counts["rows_filtered"] += n_valid - int(idx.size)
-            row_bin = bins.row_bins(t[idx], granule_bin)
+            t_kept = t[idx]
+            row_bin = bins.row_bins(t_kept, granule_bin)
             if (row_bin == NO_BIN).any():
                 counts["rows_outside"] += int(np.count_nonzero(row_bin == NO_BIN))
-                idx, row_bin = idx[row_bin != NO_BIN], row_bin[row_bin != NO_BIN]
+                inside = row_bin != NO_BIN
+                idx, row_bin, t_kept = idx[inside], row_bin[inside], t_kept[inside]
             if idx.size == 0:
                 continue
             cells = cells_of_points(lon[idx], lat[idx], layout.grid.child_order, num_threads=1)
@@ -227,7 +229,7 @@ def _partition(ref: GranuleRef, job: PartitionJob, granule_bin: int
             if (task < 0).all():
                 continue
             k = len(beams)
-            kept = [t[idx], h[idx], sigma[idx], layout.local_cells(cells), row_bin.astype(np.uint16)]
+            kept = [t_kept, h[idx], sigma[idx], layout.local_cells(cells), row_bin.astype(np.uint16)]
             if bins.fit:
                 kept += list(polar_stereographic(lon[idx], lat[idx], job.hemisphere))
             beams.append(tuple(kept))

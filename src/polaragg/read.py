@@ -251,7 +251,8 @@ class H5pyGranule(_GranuleBase):
     """h5py reader: local files directly, remote URLs through fsspec file objects."""
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        # land_ice_segments groups by beam: h5py path lookups are slow enough to matter per read
+        # land_ice_segments groups by beam, as low-level ids: h5py's path lookups and Group objects cost
+        # ~0.2 ms each, a fifth of the granule's HDF5 metadata work
         self._groups: dict[str, object] = {}
         import h5py
 
@@ -287,7 +288,17 @@ class H5pyGranule(_GranuleBase):
             raise
 
     def beams(self) -> tuple[str, ...]:
-        return tuple(b for b in atl06.BEAMS if f"{b}/{atl06.SEGMENTS_GROUP}" in self._file)
+        return tuple(b for b in atl06.BEAMS if self._segments(b) is not None)
+
+    def _segments(self, beam: str):
+        """The beam's land_ice_segments group (a low-level id), or None where the file has none."""
+        import h5py
+
+        if beam not in self._groups:
+            fid, path = self._file.id, f"{beam}/{atl06.SEGMENTS_GROUP}".encode()
+            present = fid.links.exists(beam.encode()) and fid.links.exists(path)
+            self._groups[beam] = h5py.h5g.open(fid, path) if present else None
+        return self._groups[beam]
 
     def read(
         self, beam: str, variables: tuple[str, ...], rows: tuple[int, int] | None = None
@@ -296,17 +307,15 @@ class H5pyGranule(_GranuleBase):
 
         out: dict[str, np.ndarray] = {}
         sel = slice(None) if rows is None else slice(rows[0], rows[1])
-        group = self._groups.get(beam)
+        group = self._segments(beam)
         if group is None:
-            try:
-                group = self._groups[beam] = self._file[f"{beam}/{atl06.SEGMENTS_GROUP}"]
-            except KeyError as exc:
-                raise GranuleError(self.url, f"missing group /{beam}/{atl06.SEGMENTS_GROUP}") from exc
+            raise GranuleError(self.url, f"missing group /{beam}/{atl06.SEGMENTS_GROUP}")
         for name in variables:
             path = atl06.dataset_path(beam, name)
             try:
                 # Whole columns: the low-level dataset id is all the chunk reader needs (and cheaper).
-                dset = h5py.h5d.open(group.id, name.encode()) if rows is None else group[name]
+                dset = h5py.h5d.open(group, name.encode())
+                dset = dset if rows is None else h5py.Dataset(dset)
             except (KeyError, ValueError) as exc:
                 raise GranuleError(self.url, f"missing variable {path}") from exc
             try:
