@@ -457,7 +457,8 @@ def _tasks(catalog: Catalog, grid: Grid, parents: np.ndarray, split: int, memory
 
 
 class _Partition:
-    """Block function of the granule stage: its granules' index entries for the plan's columns."""
+    """Block function of the granule stage: its granules' index entries for the plan's columns, one
+    column per granule (the index is laid out by task, as the cell stage reads it)."""
 
     def __init__(self, plan: Plan, location: Location) -> None:
         self.plan = plan
@@ -465,11 +466,11 @@ class _Partition:
 
     def __call__(self, *_: object, block_id: tuple[int, int]) -> np.ndarray:
         plan, columns = self.plan, self.plan.task_columns
-        if not plan.granules:  # the one row of a plan without granules
-            return np.zeros((1, len(columns)), np.int64)
+        if not plan.granules:  # the one entry per task of a plan without granules
+            return np.zeros((len(columns), 1), np.int64)
         k = plan.granules_per_task
-        positions = range(block_id[0] * k, min((block_id[0] + 1) * k, len(plan.granules)))
-        return np.stack([index_row(plan.partition(p, self.location), columns) for p in positions])
+        positions = range(block_id[1] * k, min((block_id[1] + 1) * k, len(plan.granules)))
+        return np.stack([index_row(plan.partition(p, self.location), columns) for p in positions], axis=1)
 
 
 class _Reduce:
@@ -585,29 +586,27 @@ def _token(plan: Plan, location: Location, *more: object) -> str:
 
 
 def _index(plan: Plan, location: Location, chunk_manager: str, spec):
-    """The granule stage: (granules x tasks) index entries, one block per granule."""
+    """The granule stage: (tasks x granules) index entries, one block per granule-stage task.
+
+    Its operation never fuses with the next: it is always the first of the plan (after Cubed creates its
+    arrays), which is what lets a run write the store's template while it runs (`StoreGate`)."""
     n, k = len(plan.granules), plan.granules_per_task
-    rows = (k,) * (n // k) + ((n % k,) if n % k else ()) if n else (1,)
-    chunks = (rows, (len(plan.task_columns),))
-    extra = {"extra_projected_mem": plan.max_granule_projected_bytes} if chunk_manager == "cubed" else {}
+    granules = (k,) * (n // k) + ((n % k,) if n % k else ()) if n else (1,)
+    chunks = ((len(plan.task_columns),), granules)
+    extra = ({"extra_projected_mem": plan.max_granule_projected_bytes, "fusable_with_successors": False}
+             if chunk_manager == "cubed" else {})
     return _virtual(_Partition(plan, location), chunks, chunk_manager, spec, np.int64,
                     name=f"polaragg-partition-{_token(plan, location)}", **extra)
 
 
-def _by_task(index, chunk_manager: str, per_block: int = 1):
+def _by_task(index, per_block: int = 1):
     """The index with one block per `per_block` tasks holding every granule's entry for them."""
-    if chunk_manager == "cubed":
-        import cubed.array_api as xp
-
-        by_task = xp.permute_dims(index, (1, 0))
-    else:
-        by_task = index.T
-    return by_task.rechunk((per_block, index.shape[0]))
+    return index.rechunk((per_block, index.shape[1]))
 
 
 def _cell_stage(func, plan: Plan, location: Location, chunks, chunk_manager: str, spec, name: str,
                 per_block: int = 1):
-    by_task = _by_task(_index(plan, location, chunk_manager, spec), chunk_manager, per_block)
+    by_task = _by_task(_index(plan, location, chunk_manager, spec), per_block)
     if chunk_manager == "cubed":
         import cubed
 

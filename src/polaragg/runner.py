@@ -9,8 +9,10 @@ store's attributes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -339,6 +341,7 @@ def _run_locked(job: _Job) -> RunSummary:
                                                         job.fingerprint, job.stream)
 
     location = partitions_location(store, job.credentials)
+    template: concurrent.futures.Future | None = None  # the store's template, while it is being written
     with acquire(store):
         done: dict[tuple[int, int], TaskRecord] = {}
         if job.append:
@@ -352,44 +355,72 @@ def _run_locked(job: _Job) -> RunSummary:
                 remove_store(store)
             location.remove()  # partitions of an earlier run into this path
             clear_records(store)  # records left beside a store that is gone
-            create_store(store, plan.cell_ids(), plan.grid,
-                         {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
-                          "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint,
-                          "task_orders": list(plan.task_orders), **_time_attrs(plan)},
-                         chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid(),
-                         time_chunk=plan.time_chunk)
+            write_template = functools.partial(
+                create_store, store, plan.cell_ids(), plan.grid,
+                {**recipe_attrs(recipe.model_dump(mode="json"), recipe.fingerprint()),
+                 "inputs_fingerprint": _digest(job.inputs), "run_fingerprint": fingerprint,
+                 "task_orders": list(plan.task_orders), **_time_attrs(plan)},
+                chunk=plan.chunk_cells, schema=plan.schema, bins=plan.time, pyramid=plan.pyramid(),
+                time_chunk=plan.time_chunk)
+            if choice.engine == "cubed" and choice.name not in IN_PROCESS_EXECUTORS:
+                template = _in_background(write_template)  # the client is idle while workers partition
+            else:
+                write_template()
             write_inputs(store, job.inputs)
-        with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
-                else contextlib.nullcontext():
-            order = [i for i in plan.largest_first() if _key(plan.tasks[i]) not in done]
-            for _ in range(MISS_ROUNDS + 1):
-                if not order:
-                    break
-                location.create()
-                records = _fresh_records(store)
-                target = RunTarget(store=store, executor=choice.name, fingerprint=fingerprint,
-                                   storage_options=job.credentials.options(store, "store"),
-                                   attempts={k: r.attempt for k, r in records.items()})
-                _compute_with_retries(plan, location, target, choice, order, recipe, job.credentials)
-                # A task skipped on resume lacks the rows of a granule partitioned only now (one that
-                # failed before): the granule's reporter names it; run it again from the partitions.
-                order = _tasks_missing_rows(_fresh_records(store).values(), plan)
+        try:
+            with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
+                    else contextlib.nullcontext():
+                order = [i for i in plan.largest_first() if _key(plan.tasks[i]) not in done]
+                records_list: list[TaskRecord] | None = None  # as the last round left them
+                for _ in range(MISS_ROUNDS + 1):
+                    if not order:
+                        break
+                    location.create()
+                    records = _fresh_records(store)
+                    target = RunTarget(store=store, executor=choice.name, fingerprint=fingerprint,
+                                       storage_options=job.credentials.options(store, "store"),
+                                       attempts={k: r.attempt for k, r in records.items()})
+                    _compute_with_retries(plan, location, target, choice, order, recipe, job.credentials, template)
+                    # A task skipped on resume lacks the rows of a granule partitioned only now (one that
+                    # failed before): the granule's reporter names it; run it again from the partitions.
+                    records_list = read_records(store)
+                    order = _tasks_missing_rows(records_list, plan)
+        finally:
+            if template is not None:  # never left writing once the lock is released
+                concurrent.futures.wait([template])
+        if template is not None:
+            template.result()
         if plan.merged_orders:
             merge_coarser_orders(store, plan)
-        records_list = read_records(store)
-        wall = time.perf_counter() - job.start
-        summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
-                            granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store, records_list, plan),
-                            time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
-        cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan),
-                        reader=recipe.reader)
-        finalize_store(store, {"run_summary": json.dumps({k: v for k, v in dataclasses.asdict(summary).items()
-                                                          if k != "cost"}),
-                               "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
-        summary = dataclasses.replace(summary, cost=cost.to_dict())
-        if all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan):
-            location.remove()  # kept otherwise: a resume reuses the granules already partitioned
+        if records_list is None:
+            records_list = read_records(store)
+        finished = all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan)
+        # The partitions go while the summary is written; kept otherwise: a resume reuses the granules
+        # already partitioned.
+        removing = _in_background(location.remove) if finished else None
+        try:
+            summary = _finish(job, plan, records_list)
+        finally:
+            if removing is not None:
+                concurrent.futures.wait([removing])
+        if removing is not None:
+            removing.result()
     return summary
+
+
+def _finish(job: _Job, plan: Plan, records_list: list[TaskRecord]) -> RunSummary:
+    """The run's summary and cost, written into the store's attributes (its last write)."""
+    store, choice = job.store, job.choice
+    wall = time.perf_counter() - job.start
+    summary = summarize(records_list, store=store, executor=choice.name, wall_seconds=wall,
+                        granules=len(job.inputs), child_cells_with_data=_child_cells_with_data(store, records_list, plan),
+                        time_bins=plan.time.n, fit_outcomes=_fit_outcomes(store) if plan.schema.fit else None)
+    cost = run_cost(records_list, executor=choice.name, wall_seconds=wall, puts_per_task=puts_per_task(plan),
+                    reader=job.recipe.reader)
+    finalize_store(store, {"run_summary": json.dumps({k: v for k, v in dataclasses.asdict(summary).items()
+                                                      if k != "cost"}),
+                           "run_cost": json.dumps(cost.to_dict())}, drop=("appending",))
+    return dataclasses.replace(summary, cost=cost.to_dict())
 
 
 def _tasks_missing_rows(records, plan: Plan) -> list[int]:
@@ -501,8 +532,37 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
     return done
 
 
+def _in_background(write) -> concurrent.futures.Future:
+    """`write()` on a thread of its own."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="polaragg-template")
+    try:
+        return pool.submit(write)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _store_gate(template: concurrent.futures.Future):
+    """A Cubed callback holding back every operation after the granule stage (the plan's first, see
+    `plan._index`) until the store's template is written, and raising what writing it raised."""
+    from cubed import Callback
+
+    class StoreGate(Callback):
+        def __init__(self) -> None:
+            self.started = 0
+
+        def on_operation_start(self, event) -> None:
+            if event.name == "create-arrays":
+                return
+            self.started += 1
+            if self.started > 1:
+                template.result()
+
+    return StoreGate()
+
+
 def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice,
-                          order: list[int], recipe: Recipe, credentials: RunCredentials) -> None:
+                          order: list[int], recipe: Recipe, credentials: RunCredentials,
+                          template: concurrent.futures.Future | None = None) -> None:
     """Run the tasks in `order`; tasks lost with a worker that died run again, like transient failures."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -511,7 +571,7 @@ def _compute_with_retries(plan: Plan, location: Location, target: RunTarget, cho
         run_id = uuid.uuid4().hex
         try:
             _compute(plan.with_columns(order), location, dataclasses.replace(target, run_id=run_id), choice, recipe,
-                     credentials)
+                     credentials, template)
             return
         except BrokenProcessPool as exc:
             fresh = _fresh_records(target.store)
@@ -541,7 +601,8 @@ def work_location(store: str, recipe: Recipe, run_id: str, credentials: RunCrede
 
 
 def _compute(plan: Plan, location: Location, target: RunTarget, choice: ExecutorChoice, recipe: Recipe,
-             credentials: RunCredentials | None = None) -> np.ndarray:
+             credentials: RunCredentials | None = None, template: concurrent.futures.Future | None = None) -> None:
+    """Run the plan's tasks; `template` (Cubed executors): the store's template being written meanwhile."""
     if choice.engine == "cubed":
         in_process = choice.name in ("single-threaded", "threads")  # intermediates in memory
         work = work_location(target.store, recipe, target.run_id, credentials)
@@ -558,8 +619,15 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
             spec = default_spec(work_dir=None if in_process else work.url,  # in memory: no folder used
                                 allowed_mem=recipe.executor.memory_bytes, in_process=in_process,
                                 storage_options=process_defaults(options) if options else None)
+            import cubed
+
             arr = run_array(plan, location, target, "cubed", spec)
-            result = arr.compute(executor=cubed_executor(choice))
+            callbacks = [_store_gate(template)] if template is not None else None
+            if in_process or is_remote(work.url):
+                arr.compute(executor=cubed_executor(choice), callbacks=callbacks)
+            else:  # the tasks' summaries stay in the work folder: the ledger holds what the run reports
+                cubed.to_zarr(arr, f"{work.url.rstrip('/')}/summaries.zarr", executor=cubed_executor(choice),
+                              callbacks=callbacks)
         finally:
             if options is not None:
                 clear_process_defaults()
@@ -576,11 +644,11 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
             except Exception as exc:  # noqa: BLE001 - never hides the compute's own outcome
                 warnings.warn(f"could not delete Cubed's intermediates in {work.url} ({type(exc).__name__}); "
                               "the next run into this store removes them", PolaraggWarning, stacklevel=2)
-        return result
+        return
     from .executors import dask_compute
 
-    return dask_compute(run_array(plan, location, target, "dask"), choice,
-                        credentials=credentials.sets() if credentials else ())
+    dask_compute(run_array(plan, location, target, "dask"), choice,
+                 credentials=credentials.sets() if credentials else ())
 
 
 def _child_cells_with_data(store: str, records: list[TaskRecord], plan: Plan) -> int:
