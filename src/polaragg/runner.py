@@ -367,7 +367,7 @@ def _run_locked(job: _Job) -> RunSummary:
             else:
                 write_template()
             write_inputs(store, job.inputs)
-        try:
+        with _awaited(template):  # never left writing once the lock is released
             with LedgerProgress(store, len(plan.tasks), stream=stream, skip=len(done)) if job.progress \
                     else contextlib.nullcontext():
                 order = [i for i in plan.largest_first() if _key(plan.tasks[i]) not in done]
@@ -385,11 +385,6 @@ def _run_locked(job: _Job) -> RunSummary:
                     # failed before): the granule's reporter names it; run it again from the partitions.
                     records_list = read_records(store)
                     order = _tasks_missing_rows(records_list, plan)
-        finally:
-            if template is not None:  # never left writing once the lock is released
-                concurrent.futures.wait([template])
-        if template is not None:
-            template.result()
         if plan.merged_orders:
             merge_coarser_orders(store, plan)
         if records_list is None:
@@ -397,14 +392,8 @@ def _run_locked(job: _Job) -> RunSummary:
         finished = all(r.status in ("ok", "empty") for r in records_list) and not _tasks_missing_rows(records_list, plan)
         # The partitions go while the summary is written; kept otherwise: a resume reuses the granules
         # already partitioned.
-        removing = _in_background(location.remove) if finished else None
-        try:
+        with _awaited(_in_background(location.remove) if finished else None):
             summary = _finish(job, plan, records_list)
-        finally:
-            if removing is not None:
-                concurrent.futures.wait([removing])
-        if removing is not None:
-            removing.result()
     return summary
 
 
@@ -532,9 +521,21 @@ def _verified_done(store: str, records: list[TaskRecord], fingerprint: str, plan
     return done
 
 
+@contextlib.contextmanager
+def _awaited(work: concurrent.futures.Future | None):
+    """Wait for `work` (if any) on leaving the block, however it is left; then raise what it raised."""
+    try:
+        yield
+    finally:
+        if work is not None:
+            concurrent.futures.wait([work])
+    if work is not None:
+        work.result()
+
+
 def _in_background(write) -> concurrent.futures.Future:
     """`write()` on a thread of its own."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="polaragg-template")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="polaragg-background")
     try:
         return pool.submit(write)
     finally:
@@ -604,7 +605,7 @@ def _compute(plan: Plan, location: Location, target: RunTarget, choice: Executor
              credentials: RunCredentials | None = None, template: concurrent.futures.Future | None = None) -> None:
     """Run the plan's tasks; `template` (Cubed executors): the store's template being written meanwhile."""
     if choice.engine == "cubed":
-        in_process = choice.name in ("single-threaded", "threads")  # intermediates in memory
+        in_process = choice.name in IN_PROCESS_EXECUTORS  # intermediates in memory
         work = work_location(target.store, recipe, target.run_id, credentials)
         if not in_process:
             if not work.is_ours():
