@@ -111,6 +111,24 @@ def test_grouped_granule_tasks_hold_every_granule_once_in_regular_balanced_block
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]  # one per task: largest first
 
 
+def test_groups_stay_within_their_caps_however_few_the_workers_ask_for(demo_recipe, monkeypatch):
+    """One worker asking for one granule task and one cell block still gets groups of at most
+    MAX_GRANULES_PER_TASK granules and MAX_TASKS_PER_BLOCK tasks, every granule and task once."""
+    from polaragg import plan as plan_module
+    from polaragg import runner
+
+    uncapped = plan_recipe(demo_recipe, executor="processes", workers=2)
+    assert uncapped.granules_per_task == -(-len(uncapped.granules) // (2 * GRANULE_TASKS_PER_WORKER))
+    monkeypatch.setattr(runner, "GRANULE_TASKS_PER_WORKER", 1)
+    monkeypatch.setattr(runner, "CELL_BLOCKS_PER_WORKER", 1)
+    monkeypatch.setattr(plan_module, "MAX_TASKS_PER_BLOCK", 5)
+    plan = plan_recipe(demo_recipe, executor="processes", workers=1)
+    n, k = len(plan.granules), plan.granules_per_task
+    assert n > plan_module.MAX_GRANULES_PER_TASK and k == plan_module.MAX_GRANULES_PER_TASK
+    assert len({g.granule_id for g in plan.granules}) == n  # ceil(n / k) tasks hold every granule once
+    assert len(plan.tasks) > 5 and plan.tasks_per_block == 5
+
+
 @pytest.mark.parametrize("chunk_manager", ["cubed", "dask"])
 def test_a_datasets_temporary_partitions_go_when_the_last_dataset_using_them_does(
         chunk_manager, demo_recipe, demo_store, tmp_path, monkeypatch):

@@ -43,6 +43,10 @@ SUMMARY_FIELDS: tuple[str, ...] = (
 
 
 MERGED_CHUNK = 4096  # cells per chunk of the orders merged after the tasks (written whole by the client)
+# Largest groups on the local executors, so that a large run still has tasks a retry can afford to repeat
+# (a block retried runs all its tasks again) and a granule-stage task never holds a whole cycle.
+MAX_GRANULES_PER_TASK = 32
+MAX_TASKS_PER_BLOCK = 64
 
 
 class PlanError(ValueError):
@@ -148,7 +152,7 @@ class Plan:
     def tasks_per_block(self) -> int:
         """Cell-stage tasks per block of a run (one at a time, each with its own record and peak)."""
         n = len(self.task_columns)
-        return 1 if not self.cell_blocks or n == 0 else -(-n // min(self.cell_blocks, n))
+        return 1 if not self.cell_blocks or n == 0 else min(MAX_TASKS_PER_BLOCK, -(-n // min(self.cell_blocks, n)))
 
     @cached_property
     def partition_key(self) -> str:
@@ -363,8 +367,8 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
                    ) -> tuple[tuple[GranuleRef, ...], tuple[int, ...], int]:
     """Every granule some task lists, in granule-stage order, its memory projection, and granules per task.
 
-    One granule per task: most work first (`_read_work`). Grouped: `k` granules per task (the last task
-    holds the rest), each granule, largest first, going to the least-loaded task with room.
+    One granule per task: most work first (`_read_work`). Grouped: `k` granules per task (at most
+    `MAX_GRANULES_PER_TASK`; the last task holds the rest), each granule, largest first, going to the least-loaded task with room.
     """
     g = catalog.granules
     rows = dict(zip(g.granule_id.astype(str), g.expected_rows.fillna(0).astype(float)))
@@ -374,7 +378,8 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
             seen.setdefault(ref.granule_id, ref)
     work = _read_work(list(seen.values()), rows)
     order = sorted(seen.values(), key=lambda r: -work[r.granule_id])
-    k = 1 if not granule_tasks or not order else -(-len(order) // min(granule_tasks, len(order)))
+    k = 1 if not granule_tasks or not order else \
+        min(MAX_GRANULES_PER_TASK, -(-len(order) // min(granule_tasks, len(order))))
     if k > 1:
         n_blocks = -(-len(order) // k)
         room = [k] * (n_blocks - 1) + [len(order) - k * (n_blocks - 1)]
