@@ -242,9 +242,10 @@ def make_plan(
     """Tasks for every AOI parent cell (cells without granules too: they come out empty).
 
     The granule stage runs one task per granule, or `granule_tasks` tasks of equally many granules
-    (fewer, larger tasks cost less to dispatch on a few local workers), balanced by expected rows. A
-    run's cell stage likewise runs one task per block, or up to `cell_blocks` blocks of consecutive
-    tasks (in execution order, largest first), each block running its tasks one after another.
+    (fewer, larger tasks cost less to dispatch on a few local workers; at most MAX_GRANULES_PER_TASK
+    each), balanced by what their reads cost. A run's cell stage likewise runs one task per block, or
+    up to `cell_blocks` blocks (of at most MAX_TASKS_PER_BLOCK) of consecutive tasks in execution
+    order, largest first, each block running its tasks one after another.
 
     When the busiest parent's projected memory exceeds `memory_per_task`, every parent's children
     are split into the smallest power-of-two number of equal ranges for which every task fits, before
