@@ -111,7 +111,7 @@ def test_grouped_granule_tasks_hold_every_granule_once_in_regular_balanced_block
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[-1]  # one per task: largest first
 
 
-def test_groups_stay_within_their_caps_however_few_the_workers_ask_for(demo_recipe, monkeypatch):
+def test_groups_stay_within_their_caps_however_few_the_workers_ask_for(demo_recipe, monkeypatch, tmp_path):
     """One worker asking for one granule task and one cell block still gets groups of at most
     MAX_GRANULES_PER_TASK granules and MAX_TASKS_PER_BLOCK tasks, every granule and task once."""
     from polaragg import plan as plan_module
@@ -127,6 +127,11 @@ def test_groups_stay_within_their_caps_however_few_the_workers_ask_for(demo_reci
     assert n > plan_module.MAX_GRANULES_PER_TASK and k == plan_module.MAX_GRANULES_PER_TASK
     assert len({g.granule_id for g in plan.granules}) == n  # ceil(n / k) tasks hold every granule once
     assert len(plan.tasks) > 5 and plan.tasks_per_block == 5
+    from polaragg.plan import RunTarget, run_array
+
+    target = RunTarget(str(tmp_path / "x.zarr"), "processes", "")
+    blocks = run_array(plan, Location(str(tmp_path / "unused")), target)
+    assert sum(blocks.chunks[0]) == len(plan.tasks) and max(blocks.chunks[0]) == 5  # every task once
 
 
 @pytest.mark.parametrize("chunk_manager", ["cubed", "dask"])

@@ -49,6 +49,11 @@ MAX_GRANULES_PER_TASK = 32
 MAX_TASKS_PER_BLOCK = 64
 
 
+def _group_size(n: int, groups: int | None, cap: int) -> int:
+    """Items per group for `n` items in about `groups` groups of at most `cap` (1 when not grouped)."""
+    return 1 if not groups or n == 0 else min(cap, -(-n // min(groups, n)))
+
+
 class PlanError(ValueError):
     """A plan that cannot satisfy its constraints (e.g. a task that cannot fit its memory bound)."""
 
@@ -151,8 +156,7 @@ class Plan:
     @property
     def tasks_per_block(self) -> int:
         """Cell-stage tasks per block of a run (one at a time, each with its own record and peak)."""
-        n = len(self.task_columns)
-        return 1 if not self.cell_blocks or n == 0 else min(MAX_TASKS_PER_BLOCK, -(-n // min(self.cell_blocks, n)))
+        return _group_size(len(self.task_columns), self.cell_blocks, MAX_TASKS_PER_BLOCK)
 
     @cached_property
     def partition_key(self) -> str:
@@ -368,8 +372,8 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
                    ) -> tuple[tuple[GranuleRef, ...], tuple[int, ...], int]:
     """Every granule some task lists, in granule-stage order, its memory projection, and granules per task.
 
-    One granule per task: most work first (`_read_work`). Grouped: `k` granules per task (at most
-    `MAX_GRANULES_PER_TASK`; the last task holds the rest), each granule, largest first, going to the least-loaded task with room.
+    One granule per task: most work first (`_read_work`). Grouped: `k` granules per task (`_group_size`;
+    the last task holds the rest), each granule, largest first, going to the least-loaded task with room.
     """
     g = catalog.granules
     rows = dict(zip(g.granule_id.astype(str), g.expected_rows.fillna(0).astype(float)))
@@ -379,8 +383,7 @@ def _granule_order(catalog: Catalog, tasks: list[Task], memory: MemoryModel, gra
             seen.setdefault(ref.granule_id, ref)
     work = _read_work(list(seen.values()), rows)
     order = sorted(seen.values(), key=lambda r: -work[r.granule_id])
-    k = 1 if not granule_tasks or not order else \
-        min(MAX_GRANULES_PER_TASK, -(-len(order) // min(granule_tasks, len(order))))
+    k = _group_size(len(order), granule_tasks, MAX_GRANULES_PER_TASK)
     if k > 1:
         n_blocks = -(-len(order) // k)
         room = [k] * (n_blocks - 1) + [len(order) - k * (n_blocks - 1)]
