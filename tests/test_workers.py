@@ -203,3 +203,45 @@ def test_processes_fork_server_starts_early_marked_and_preloaded():
         frozen, preloaded = pool.submit(_worker_state).result(timeout=60)
     assert preloaded
     assert frozen > 10_000  # numpy, h5py, zarr, Cubed and polaragg's objects: far more than a bare interpreter's
+
+
+_MAIN_SCRIPT = '''
+import os
+import sys
+
+with open(sys.argv[1], "a") as log:
+    log.write(f"{os.getpid()} {__name__}\\n")
+
+def pid():
+    return os.getpid()
+
+if __name__ == "__main__":
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from polaragg import executors
+    from polaragg.domain import ExecutorChoice
+
+    executors.start_workers_early(ExecutorChoice("processes", 2))
+    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver")) as pool:
+        workers = {f.result(timeout=60) for f in [pool.submit(pid) for _ in range(6)]}
+    with open(sys.argv[1], "a") as log:
+        log.write(f"workers {' '.join(map(str, sorted(workers)))}\\n")
+'''
+
+
+def test_workers_find_the_client_script_imported_by_the_fork_server(tmp_path):
+    """A client script is imported once more, by the fork server, and not again by each worker (which
+    multiprocessing does when the server has not imported it)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    script, log = tmp_path / "client.py", tmp_path / "imports.log"
+    script.write_text(_MAIN_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(log)], check=True, timeout=120, cwd=tmp_path)
+    lines = log.read_text().split("\n")
+    workers = next(x for x in lines if x.startswith("workers ")).split()[1:]
+    imports = [x.split() for x in lines if x and not x.startswith("workers ")]
+    assert [name for _, name in imports] == ["__main__", "__mp_main__"], imports
+    assert workers and imports[1][0] not in workers  # the server imported it, no worker did

@@ -12,6 +12,7 @@ workers after `TASKS_PER_WORKER` tasks when set) and die with their client (`gua
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import subprocess
@@ -41,6 +42,12 @@ logger = logging.getLogger(__name__)
 # imported once by the fork server instead of by every worker; `polaragg.forkserver` last.
 FORKSERVER_PRELOAD = ["polaragg.plan", "polaragg.read", "polaragg.chunks", "h5py", "healpix_geo.nested", "zarr",
                       "cubed", "cubed.runtime.executors.local", "polaragg.forkserver"]
+
+
+# The client's main script and its argv, for the fork server to import it before it forks workers, as each
+# worker otherwise does (as `__mp_main__`, 29 ms for benchmarks/run.py). Python 3.11's own way, "__main__"
+# in the preload list, never receives the script's path.
+MAIN_PATH_VARIABLE = "POLARAGG_FORKSERVER_MAIN"
 
 
 def _start_method() -> str:
@@ -92,10 +99,16 @@ def start_workers_early(choice: ExecutorChoice) -> None:
     The server, and so every worker forked from it, carries the client's marker (`guard_workers`)."""
     if choice.name != "processes" or _start_method() != "forkserver":
         return
-    from multiprocessing import forkserver
+    from multiprocessing import forkserver, spawn
 
     guard_workers()
-    forkserver.ensure_running()
+    data = spawn.get_preparation_data("polaragg")
+    if data.get("init_main_from_path"):  # the server imports the client's main script once (polaragg.forkserver)
+        os.environ[MAIN_PATH_VARIABLE] = json.dumps({"path": data["init_main_from_path"], "argv": data["sys_argv"]})
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(MAIN_PATH_VARIABLE, None)
 
 
 def cubed_executor(choice: ExecutorChoice):
