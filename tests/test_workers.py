@@ -245,3 +245,23 @@ def test_workers_find_the_client_script_imported_by_the_fork_server(tmp_path):
     imports = [x.split() for x in lines if x and not x.startswith("workers ")]
     assert [name for _, name in imports] == ["__main__", "__mp_main__"], imports
     assert workers and imports[1][0] not in workers  # the server imported it, no worker did
+
+
+def test_a_client_script_the_fork_server_cannot_import_fails_in_the_workers_as_before(tmp_path):
+    """A main script that fails at import in any other process (it needs a file the client deletes first)
+    leaves the fork server running: the workers import it themselves, as without the server's import,
+    and the pool breaks with their error, not with the server's death (`EOFError` when forking)."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    script, log, flag = tmp_path / "client.py", tmp_path / "imports.log", tmp_path / "first"
+    flag.write_text("")
+    script.write_text("import os, sys\nflag = sys.argv[2]\nif not os.path.exists(flag):\n"
+                      "    raise RuntimeError('only the client may import this')\n" +
+                      _MAIN_SCRIPT.replace("if __name__ == \"__main__\":", "if __name__ == \"__main__\":\n    os.remove(flag)"))
+    done = subprocess.run([sys.executable, str(script), str(log), str(flag)], timeout=120, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "only the client may import this" in done.stderr
+    assert "BrokenProcessPool" in done.stderr and "unexpected EOF" not in done.stderr, done.stderr[-2000:]

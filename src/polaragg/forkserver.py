@@ -22,11 +22,14 @@ _main = os.environ.pop("POLARAGG_FORKSERVER_MAIN", None)  # executors.MAIN_PATH_
 if _main:
     # As multiprocessing imports it in a worker: with the client's argv, under `_inheriting` (a script
     # that starts processes at import fails here as it would there). The workers then find it imported.
+    # Should it fail, each worker imports the script itself, as without this, and meets the same error.
     _main = json.loads(_main)
     _argv, sys.argv = sys.argv, _main["argv"]
     process.current_process()._inheriting = True
     try:
         spawn.import_main_path(_main["path"])
+    except Exception:  # noqa: BLE001 - the workers report it
+        pass
     finally:
         del process.current_process()._inheriting
         sys.argv = _argv
