@@ -61,8 +61,13 @@ def test_chunks_written_directly_are_the_bytes_zarr_writes(tmp_path):
     """`write_block` encodes chunks itself; zarr, given the arrays' declared codec, writes the same bytes."""
     from polaragg import store
 
-    values = np.random.default_rng(4).normal(2500.0, 30.0, 4096)
+    import numcodecs
+
+    values = np.round(np.random.default_rng(4).normal(2500.0, 30.0, 4096), 2)  # levels 1 and 3 differ on it
     arr = zarr.create_array(str(tmp_path / "x.zarr"), shape=(4096,), chunks=(4096,), dtype="<f8",
                             compressors=store._COMPRESSOR)
     arr[:] = values
-    assert (tmp_path / "x.zarr" / "c" / "0").read_bytes() == store._ZSTD.encode(values.tobytes())
+    written = (tmp_path / "x.zarr" / "c" / "0").read_bytes()
+    assert written == store._ZSTD.encode(values.tobytes())
+    # and the values tell zstd levels apart, so a codec declared at another level would not pass
+    assert numcodecs.Zstd(level=1).encode(values.tobytes()) != numcodecs.Zstd(level=3).encode(values.tobytes())

@@ -205,15 +205,18 @@ def test_processes_fork_server_starts_early_marked_and_preloaded():
     assert frozen > 10_000  # numpy, h5py, zarr, Cubed and polaragg's objects: far more than a bare interpreter's
 
 
+
 _MAIN_SCRIPT = '''
 import os
 import sys
+
+import helper  # a module beside the script: found only with the client's sys.path
 
 with open(sys.argv[1], "a") as log:
     log.write(f"{os.getpid()} {__name__}\\n")
 
 def pid():
-    return os.getpid()
+    return os.getpid(), "POLARAGG_FORKSERVER_MAIN" in os.environ, os.getppid()
 
 if __name__ == "__main__":
     import concurrent.futures as cf
@@ -222,46 +225,85 @@ if __name__ == "__main__":
     from polaragg import executors
     from polaragg.domain import ExecutorChoice
 
+    from multiprocessing import forkserver
+
     executors.start_workers_early(ExecutorChoice("processes", 2))
+    server = forkserver._forkserver._forkserver_pid  # the server started early, before any pool
+    leaked = "POLARAGG_FORKSERVER_MAIN" in os.environ
     with cf.ProcessPoolExecutor(2, mp_context=mp.get_context("forkserver")) as pool:
-        workers = {f.result(timeout=60) for f in [pool.submit(pid) for _ in range(6)]}
+        got = [f.result(timeout=60) for f in [pool.submit(pid) for _ in range(6)]]
     with open(sys.argv[1], "a") as log:
-        log.write(f"workers {' '.join(map(str, sorted(workers)))}\\n")
+        log.write(f"workers {' '.join(str(p) for p, _, _ in got)}\\n")
+        log.write(f"leaked {leaked or any(seen for _, seen, _ in got)}\\n")
+        log.write(f"early {all(parent == server for _, _, parent in got)}\\n")
 '''
 
 
-def test_workers_find_the_client_script_imported_by_the_fork_server(tmp_path):
-    """A client script is imported once more, by the fork server, and not again by each worker (which
-    multiprocessing does when the server has not imported it)."""
-    import multiprocessing as mp
-
-    if "forkserver" not in mp.get_all_start_methods():
-        pytest.skip("no fork server on this platform")
-    script, log = tmp_path / "client.py", tmp_path / "imports.log"
-    script.write_text(_MAIN_SCRIPT)
-    subprocess.run([sys.executable, str(script), str(log)], check=True, timeout=120, cwd=tmp_path)
-    lines = log.read_text().split("\n")
-    workers = next(x for x in lines if x.startswith("workers ")).split()[1:]
-    imports = [x.split() for x in lines if x and not x.startswith("workers ")]
-    assert [name for _, name in imports] == ["__main__", "__mp_main__"], imports
-    assert workers and imports[1][0] not in workers  # the server imported it, no worker did
-
-
-def test_a_client_script_the_fork_server_cannot_import_fails_in_the_workers_as_before(tmp_path):
-    """A main script that fails at import in any other process (it needs a file the client deletes first)
-    leaves the fork server running: the workers import it themselves, as without the server's import,
-    and the pool breaks with their error, not with the server's death (`EOFError` when forking)."""
-    import multiprocessing as mp
-
-    if "forkserver" not in mp.get_all_start_methods():
-        pytest.skip("no fork server on this platform")
-    script, log, flag = tmp_path / "client.py", tmp_path / "imports.log", tmp_path / "first"
-    flag.write_text("")
-    script.write_text("import os, sys\nflag = sys.argv[2]\nif not os.path.exists(flag):\n"
-                      "    raise RuntimeError('only the client may import this')\n" +
-                      _MAIN_SCRIPT.replace("if __name__ == \"__main__\":", "if __name__ == \"__main__\":\n    os.remove(flag)"))
-    done = subprocess.run([sys.executable, str(script), str(log), str(flag)], timeout=120, cwd=tmp_path,
+def _client(tmp_path, prologue: str = "", args: tuple[str, ...] = ()) -> tuple[subprocess.CompletedProcess, list]:
+    """Run `_MAIN_SCRIPT` (after `prologue`) from another folder; its log lines, split."""
+    folder = tmp_path / "scripts"
+    folder.mkdir(exist_ok=True)
+    (folder / "helper.py").write_text("VALUE = 1\n")
+    script, log = folder / "client.py", tmp_path / "imports.log"
+    script.write_text(prologue + _MAIN_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(log), *args], timeout=120, cwd=tmp_path,
                           capture_output=True, text=True)
+    lines = log.read_text().split("\n") if log.exists() else []
+    return done, [x.split() for x in lines if x]
+
+
+def _fork_server_or_skip():
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+
+
+def test_workers_find_the_client_script_imported_by_the_fork_server(tmp_path):
+    """A client script is imported once more, by the fork server (with the client's sys.path: the script
+    imports a module beside it), and not again by each worker, which multiprocessing does when the server
+    has not imported it; the variable that carries it reaches neither the client's nor a worker's
+    environment."""
+    _fork_server_or_skip()
+    done, lines = _client(tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imports = [x for x in lines if x[0] not in ("workers", "leaked", "early")]
+    assert [name for _, name in imports] == ["__main__", "__mp_main__"], imports
+    assert ["leaked", "False"] in lines
+    assert ["early", "True"] in lines  # every worker was forked by the server started early
+    assert len(next(x for x in lines if x[0] == "workers")) == 7  # six tasks ran
+
+
+def test_a_long_argv_is_not_passed_to_the_fork_server(tmp_path):
+    """An argv too long for one environment string (Linux allows 128 KiB) is not sent: the server and the
+    resource tracker start as usual and the workers import the script themselves."""
+    _fork_server_or_skip()
+    done, lines = _client(tmp_path, args=tuple(f"granule-{i:06d}-" + "x" * 40 for i in range(3000)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "died unexpectedly" not in done.stderr
+    assert ["early", "True"] in lines  # the server started early did start, and forked the workers
+    names = [x[1] for x in lines if x[0] not in ("workers", "leaked", "early")]
+    assert names[0] == "__main__" and names.count("__mp_main__") == 2  # by the two workers
+
+
+@pytest.mark.parametrize("failure", ["raise RuntimeError('only the client may import this')",
+                                     "sys.exit('only the client may import this')"])
+def test_a_client_script_the_fork_server_cannot_import_fails_in_the_workers_as_before(tmp_path, failure):
+    """A main script that fails or exits at import in any other process (it needs a file the client deletes
+    first) leaves the fork server running: the workers import it themselves, as without the server's
+    import, and the pool breaks with their error, not with the server's death (`EOFError` when forking)."""
+    _fork_server_or_skip()
+    flag = tmp_path / "first"
+    flag.write_text("")
+    prologue = f"import os, sys\nif not os.path.exists(sys.argv[2]):\n    {failure}\n"
+    script = _MAIN_SCRIPT.replace('if __name__ == "__main__":', 'if __name__ == "__main__":\n    os.remove(sys.argv[2])')
+    folder = tmp_path / "scripts"
+    folder.mkdir()
+    (folder / "helper.py").write_text("VALUE = 1\n")
+    (folder / "client.py").write_text(prologue + script)
+    done = subprocess.run([sys.executable, str(folder / "client.py"), str(tmp_path / "log"), str(flag)],
+                          timeout=120, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0
-    assert "only the client may import this" in done.stderr
+    if failure.startswith("raise"):  # a worker's traceback; an exiting worker says nothing
+        assert "only the client may import this" in done.stderr
     assert "BrokenProcessPool" in done.stderr and "unexpected EOF" not in done.stderr, done.stderr[-2000:]

@@ -44,10 +44,14 @@ FORKSERVER_PRELOAD = ["polaragg.plan", "polaragg.read", "polaragg.chunks", "h5py
                       "cubed", "cubed.runtime.executors.local", "polaragg.forkserver"]
 
 
-# The client's main script and its argv, for the fork server to import it before it forks workers, as each
-# worker otherwise does (as `__mp_main__`, 29 ms for benchmarks/run.py). Python 3.11's own way, "__main__"
-# in the preload list, never receives the script's path.
+# The client's main script with its argv and sys.path, for the fork server to import it before it forks
+# workers, as each worker otherwise does (as `__mp_main__`) in every run: 29 ms for benchmarks/run.py; a
+# script importing xdggs at its top, as the README's does, ran a one-cycle recipe on processes in
+# 1.8-2.1 s after its first run, against 1.3-1.5 s imported once here. Python 3.11's own way,
+# "__main__" in the preload list, never receives the script's path. Left out past MAX_MAIN_BYTES (an
+# environment string is limited to 128 KiB: a longer one fails the server's start).
 MAIN_PATH_VARIABLE = "POLARAGG_FORKSERVER_MAIN"
+MAX_MAIN_BYTES = 32 * 1024
 
 
 def _start_method() -> str:
@@ -96,15 +100,22 @@ def forget_broken_pool() -> None:
 def start_workers_early(choice: ExecutorChoice) -> None:
     """Start the fork server of a `processes` run now, so that its imports overlap the client's
     catalog and plan instead of delaying the first task (a no-op for other executors, or if it runs).
-    The server, and so every worker forked from it, carries the client's marker (`guard_workers`)."""
+    The server, and so every worker forked from it, carries the client's marker (`guard_workers`).
+
+    When the client runs a script, the server imports it first (`polaragg.forkserver`) and the workers
+    are forked with it imported: what the script does at its top level is done once, before the fork,
+    not once per worker (a script must not start threads or open connections there for its workers)."""
     if choice.name != "processes" or _start_method() != "forkserver":
         return
-    from multiprocessing import forkserver, spawn
+    from multiprocessing import forkserver, resource_tracker, spawn
 
     guard_workers()
+    resource_tracker.ensure_running()  # started by the server's start otherwise, inheriting the variable
     data = spawn.get_preparation_data("polaragg")
-    if data.get("init_main_from_path"):  # the server imports the client's main script once (polaragg.forkserver)
-        os.environ[MAIN_PATH_VARIABLE] = json.dumps({"path": data["init_main_from_path"], "argv": data["sys_argv"]})
+    main = json.dumps({"path": data.get("init_main_from_path"), "argv": data.get("sys_argv", []),
+                       "sys_path": data.get("sys_path", [])})
+    if data.get("init_main_from_path") and len(main.encode()) <= MAX_MAIN_BYTES:
+        os.environ[MAIN_PATH_VARIABLE] = main
     try:
         forkserver.ensure_running()
     finally:

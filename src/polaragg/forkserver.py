@@ -20,19 +20,21 @@ from polaragg.stats import key_sort_kind
 
 _main = os.environ.pop("POLARAGG_FORKSERVER_MAIN", None)  # executors.MAIN_PATH_VARIABLE
 if _main:
-    # As multiprocessing imports it in a worker: with the client's argv, under `_inheriting` (a script
-    # that starts processes at import fails here as it would there). The workers then find it imported.
-    # Should it fail, each worker imports the script itself, as without this, and meets the same error.
+    # As multiprocessing imports it in a worker: with the client's argv and sys.path (the server's lacks
+    # the script's folder), under `_inheriting` (a script that starts processes at import fails here as
+    # it would there). The workers then find it imported. Should it fail, or exit, each worker imports
+    # the script itself, as without this, and meets the same error.
     _main = json.loads(_main)
-    _argv, sys.argv = sys.argv, _main["argv"]
+    _saved = sys.argv, sys.path[:]
+    sys.argv, sys.path[:] = _main["argv"], _main["sys_path"]
     process.current_process()._inheriting = True
     try:
         spawn.import_main_path(_main["path"])
-    except Exception:  # noqa: BLE001 - the workers report it
+    except BaseException:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too: the workers report it
         pass
     finally:
         del process.current_process()._inheriting
-        sys.argv = _argv
+        sys.argv, sys.path[:] = _saved
 inflate_name()
 key_sort_kind()
 gc.freeze()
