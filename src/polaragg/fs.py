@@ -113,3 +113,27 @@ def put_whole(url: str, parts: list, storage_options: dict | None = None) -> Non
 
     fs, path = fsspec.core.url_to_fs(url, **fsspec_options(url, storage_options))
     fs.pipe_file(path, b"".join(bytes(p) for p in parts))
+
+
+def put_new(url: str, parts: list, storage_options: dict | None = None) -> None:
+    """Write the concatenation of `parts` to `url`, which a finished write has not made yet.
+
+    A local file that does not exist is written in place: one directory entry instead of a temporary
+    renamed over the target (two workers writing a store's chunks spent 0.52 against 0.70 s of CPU in
+    a one-cycle run's cell stage on this VM's ext4). A crash can leave such a file partial, so this is
+    only for files whose completion something written after them records (a chunk: its task's ledger
+    record; a partition: its granule's record); the redone write finds the file and replaces it whole,
+    as `put_whole` does every other file and every object.
+    """
+    if "://" not in url or url.startswith("file://"):
+        path = url.removeprefix("file://")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            put_whole(url, parts, storage_options)
+            return
+        with open(fd, "wb") as f:
+            f.writelines(parts)
+        return
+    put_whole(url, parts, storage_options)

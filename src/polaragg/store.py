@@ -28,7 +28,7 @@ from zarr.codecs import BytesCodec, ZstdCodec
 
 from .domain import POLARAGG_VERSION
 from .grid import Grid
-from .fs import fsspec_options, put_whole
+from .fs import fsspec_options, put_new, put_whole
 from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
 from .schema import OutputSchema, block_columns, time_coordinates, variable_attrs
 
@@ -325,9 +325,9 @@ def write_block(
     """Write a task's (cells x columns) block as chunk `start // len(block)` of every array; return its
     checksum.
 
-    The chunks are encoded as `create_store` declared them (little-endian bytes, zstd) and each is
-    written whole: per-bin variables in chunks of `time_chunk` bins (default: all), padded with the fill
-    value past the last bin. Every chunk is written, empty ones too, so the same files exist whichever
+    The chunks are encoded as `create_store` declared them (little-endian bytes, zstd), each written in
+    one call (`put_new`: the task's ledger record, written after them, says they are whole): per-bin
+    variables in chunks of `time_chunk` bins (default: all), padded with the fill value past the last bin. Every chunk is written, empty ones too, so the same files exist whichever
     executor ran the task. `bins_from` (appending) skips chunks of earlier bins only, except for the
     anomalies, which the new fit changes.
     """
@@ -347,10 +347,10 @@ def write_block(
                 rows = values[r * tc:(r + 1) * tc]
                 if rows.shape[0] < tc:
                     rows = np.concatenate([rows, np.full((tc - rows.shape[0], n), fill, rows.dtype)])
-                put_whole(f"{base}/{name}/c/{r}/{i}", [_ZSTD.encode(np.ascontiguousarray(rows, dtype=le))],
+                put_new(f"{base}/{name}/c/{r}/{i}", [_ZSTD.encode(np.ascontiguousarray(rows, dtype=le))],
                           storage_options)
         else:
-            put_whole(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options)
+            put_new(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options)
     return checksum(columns, schema)
 
 
