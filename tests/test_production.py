@@ -78,6 +78,36 @@ def _kill_run_when(recipe_path: str, store: str, ready, timeout_message: str, po
         proc.wait(timeout=30)
 
 
+def test_validate_names_cut_short_chunks_instead_of_failing_on_them(demo_store, tmp_path, capsys):
+    """A task's chunk left partly written (a run killed while the task wrote it: the task has no record
+    then) and a recorded task's chunk cut short are each named, with the task, and the rest of the store
+    is still checked: exit 1, not a decoding error."""
+    store = str(tmp_path / "copy.zarr")
+    shutil.copytree(demo_store[0], store)
+    shutil.copytree(demo_store[0] + LEDGER_SUFFIX, store + LEDGER_SUFFIX)
+    assert main(["validate", store]) == 0
+    records = sorted(read_records(store), key=lambda r: (r.parent, r.child_lo))
+    unrecorded, recorded = records[0], records[-1]
+    root = zarr.open_group(store, mode="r")
+    chunk, ids = root["count"].chunks[-1], root["cell_ids"][:]
+    shift = 2 * (int(root.attrs["child_order"]) - int(root.attrs["parent_order"]))
+
+    def chunk_file(record, name):  # the task's chunk of the first time chunk of a per-bin variable
+        first = (np.uint64(record.parent) << np.uint64(shift)) + np.uint64(record.child_lo)
+        return Path(store) / name / "c" / "0" / str(int(np.searchsorted(ids, first)) // chunk)
+
+    for record, name in ((unrecorded, "h_mean"), (recorded, "count")):
+        path = chunk_file(record, name)
+        path.write_bytes(path.read_bytes()[:20])
+    (Path(store + LEDGER_SUFFIX) / f"{unrecorded.parent:020d}-{unrecorded.child_lo:05d}.json").unlink()
+    capsys.readouterr()
+    assert main(["validate", store]) == 1
+    out = capsys.readouterr().out
+    assert f"task parent {unrecorded.parent} children {unrecorded.child_lo}-" in out
+    assert "no ledger record (the task never finished; a chunk of it is partly written)" in out
+    assert f"task parent {recorded.parent} children {recorded.child_lo}-" in out and "a chunk cannot be read" in out
+
+
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_store(demo_recipe, demo_store, tmp_path):
     store_ref, _ = demo_store
     recipe_path = _recipe_file(tmp_path, demo_recipe)

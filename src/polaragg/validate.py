@@ -125,28 +125,35 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
     if ids.size != parents.size * n_children or not np.array_equal(ids, grid.children_of(parents)):
         problems.append("cell_ids are not the complete, ordered children of their parent cells")
     chunk = root["count"].chunks[-1]
-    count = root["count"][:]
-    h_mean = root["h_mean"][:]
-    if (count < 0).any():
-        problems.append(f"{int((count < 0).sum())} cells have a negative count")
-    mismatch = np.isnan(h_mean) != (count == 0)
-    if mismatch.any():
-        problems.append(f"{int(mismatch.sum())} cells have h_mean NaN where count > 0 or a value where count == 0")
-
     all_records = read_records(store, storage_options)
     records = {(r.parent, r.child_lo): r for r in all_records}
     problems += unrepaired_misses(all_records)
     fingerprint = attrs.get("run_fingerprint", attrs["recipe_fingerprint"])
-    values = {spec.name: root[spec.name][:] for spec in schema.variables}
+    arrays = {spec.name: root[spec.name] for spec in schema.variables}
     # Orders each task wrote besides the child order (pyramid groups computed in the tasks).
     finer = [(o, grid.child_order - o) for o in attrs.get("task_orders", [grid.child_order])[1:]]
-    level_values = {o: {spec.name: root[str(o)][spec.name][:] for spec in schema.variables} for o, _ in finer}
+    level_arrays = {o: {spec.name: root[str(o)][spec.name] for spec in schema.variables} for o, _ in finer}
+    negative = mismatched = total = 0
+    # Task by task: a run cut short can leave a task's chunks partly written (its record is missing then).
     for k in range(ids.size // chunk):
         start = k * chunk
         parent = int(ids[start] >> np.uint64(grid.shift))
         child_lo = int(ids[start] - np.uint64(parent * n_children))
         record = records.pop((parent, child_lo), None)
         where = f"task parent {parent} children {child_lo}-{child_lo + chunk}"
+        try:
+            values = {name: a[..., start:start + chunk] for name, a in arrays.items()}
+            levels = {o: {name: a[..., (start >> 2 * d):(start + chunk) >> 2 * d] for name, a in level_arrays[o].items()}
+                      for o, d in finer}
+        except Exception as exc:  # noqa: BLE001 - whatever the codec raises on a cut or corrupt chunk
+            problems.append(f"{where}: " + ("no ledger record (the task never finished; a chunk of it is partly "
+                                            "written)" if record is None else
+                                            f"a chunk cannot be read ({type(exc).__name__}: {exc})"))
+            continue
+        count = values["count"]
+        negative += int((count < 0).sum())
+        mismatched += int((np.isnan(values["h_mean"]) != (count == 0)).sum())
+        total += int(count.sum())
         if record is None:
             problems.append(f"{where}: no ledger record (the task never finished)")
             continue
@@ -155,21 +162,23 @@ def validate_store(store: str, storage_options: dict | None = None) -> list[str]
         if record.status not in ("ok", "empty"):
             reasons = "; ".join(sorted({f['reason'] for f in record.failures})) or "no reason recorded"
             problems.append(f"{where}: status {record.status} ({reasons})")
-        stored = int(count[..., start:start + chunk].sum())
+        stored = int(count.sum())
         if stored != record.observations:
             problems.append(f"{where}: store counts {stored:,} observations, the ledger {record.observations:,}")
         if not record.checksum:
             problems.append(f"{where}: ledger record has no checksum of its chunk")
-        elif combine_checksums(
-                [checksum({k: v[..., start:start + chunk] for k, v in values.items()}, schema)]
-                + [checksum({k: v[..., (start >> 2 * d):(start + chunk) >> 2 * d] for k, v in level_values[o].items()},
-                            schema) for o, d in finer]) != record.checksum:
+        elif combine_checksums([checksum(values, schema)] + [checksum(levels[o], schema) for o, _ in finer]
+                               ) != record.checksum:
             problems.append(f"{where}: stored values differ from what the task wrote (checksum mismatch)")
+    if negative:
+        problems.append(f"{negative} cells have a negative count")
+    if mismatched:
+        problems.append(f"{mismatched} cells have h_mean NaN where count > 0 or a value where count == 0")
     for (parent, child_lo) in sorted(records):
         problems.append(f"ledger record for parent {parent} children from {child_lo} has no place in the store")
     summary = attrs.get("run_summary")
     if summary is not None:
-        total = json.loads(summary).get("observations")
-        if total is not None and int(total) != int(count.sum()):
-            problems.append(f"run summary reports {int(total):,} observations, the store holds {int(count.sum()):,}")
+        reported = json.loads(summary).get("observations")
+        if reported is not None and int(reported) != total:
+            problems.append(f"run summary reports {int(reported):,} observations, the store holds {total:,}")
     return problems
