@@ -216,7 +216,7 @@ def test_the_gitignore_covers_what_polaragg_writes(tmp_path):
     assert sorted(result.stdout.split()) == sorted(paths)
 
 
-def test_put_new_writes_a_new_file_in_place_and_replaces_an_existing_one_whole(tmp_path, monkeypatch):
+def test_put_whole_in_place_if_new_writes_a_new_file_in_place_and_replaces_an_existing_one_whole(tmp_path, monkeypatch):
     """A file that is not there yet gets one directory entry and no temporary (nothing is renamed); an
     existing one, left by a write a crash cut short, is replaced whole through a temporary."""
     from polaragg import fs
@@ -225,10 +225,10 @@ def test_put_new_writes_a_new_file_in_place_and_replaces_an_existing_one_whole(t
     real_replace = os.replace
     monkeypatch.setattr(fs.os, "replace", lambda a, b: (renames.append((a, b)), real_replace(a, b))[1])
     target = tmp_path / "a" / "c" / "0"
-    fs.put_new(str(target), [b"abc", memoryview(b"def")])
+    fs.put_whole(str(target), [b"abc", memoryview(b"def")], in_place_if_new=True)
     assert target.read_bytes() == b"abcdef" and renames == []
     target.write_bytes(b"ab")  # partial
-    fs.put_new(str(target), [b"whole"])
+    fs.put_whole(str(target), [b"whole"], in_place_if_new=True)
     assert target.read_bytes() == b"whole"
     assert len(renames) == 1 and renames[0][1] == str(target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["0"]  # no temporary left

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .fs import fsspec_options, put_new, put_whole
+from .fs import fsspec_options, put_whole
 
 MARKER = "_polaragg_intermediate.json"  # written first: marks the folder as polaragg's to delete
 SUFFIX = ".partitions"  # a run's partitions: next to its store (the same folder or bucket)
@@ -114,9 +114,10 @@ class Location:
             fs.rm(root, recursive=True)
 
     def write_rows(self, granule: str, segments: list[list[int]], rows: dict[str, np.ndarray]) -> None:
-        """A granule's rows grouped by task, as `segments` ([task, first row, rows]) lay them out (`put_new`:
-        its record, written after them, says they are whole)."""
-        put_new(f"{self.url.rstrip('/')}/{_safe(granule)}.bin", _encode(segments, rows), self.storage_options)
+        """A granule's rows grouped by task, as `segments` ([task, first row, rows]) lay them out (in place
+        where new: its record, written after them, says they are whole)."""
+        put_whole(f"{self.url.rstrip('/')}/{_safe(granule)}.bin", _encode(segments, rows), self.storage_options,
+                  in_place_if_new=True)
 
     def write_record(self, record: GranuleRecord) -> None:
         """A granule's record, written after its rows: a record means its rows are complete."""

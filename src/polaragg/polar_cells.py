@@ -9,8 +9,8 @@ The ids are healpix-geo's: a point is decided here only where the answer cannot 
 and every other point is left to healpix-geo. `z`, the sine of the authalic latitude, is two power
 series (`authalic_z`; libm's float64 sine and arctanh, scalar on this CPU, cost twice as much). In the
 caps it is within ~3e-16 of the closed form evaluated in 80-bit long double (the closed form in
-float64: ~3.5e-16), and within ~1e-15 of healpix-geo's, which moves a face coordinate (in pixels) by less than
-4e-12 x nside anywhere below 89.9 degrees. A point is accepted only when both face coordinates lie
+float64: ~3.5e-16), and within ~1e-15 of healpix-geo's, which moves a face coordinate (in pixels) by
+less than 4e-12 x nside anywhere below 89.9 degrees. A point is accepted only when both face coordinates lie
 more than `TOLERANCE` x nside pixels (70 times that bound) from a pixel edge, inside the cap and
 below 89.9 degrees; about 1 point in 10^6 is not, and goes to healpix-geo, as do NaNs and points
 outside the caps.
@@ -39,8 +39,8 @@ def _q(s: float) -> float:
 
 
 _Q_POLE = _q(1.0)
-# z = q(s) / q(1) = s sum_k c_k (e^2 s^2)^k: s / (1 - u) and atanh(e s) / e are s sum u^k and s sum u^k / (2k + 1).
-# e^2 s^2 < 0.0067, so 9 terms leave < 1e-19.
+# z = q(s) / q(1) = s sum_k c_k u^k with u = e^2 s^2: s / (1 - u) and atanh(e s) / e are s sum u^k and
+# s sum u^k / (2k + 1). u < 0.0067, so 9 terms leave < 1e-19.
 _Z_SERIES = tuple((2 * k + 2) / (2 * k + 1) / _Q_POLE for k in range(9))
 # cos(theta) = sum_k (-1)^k theta^2k / (2k)!: 10 terms leave < 1e-17 up to the cap edge (theta < 0.84 rad).
 _COS_SERIES = tuple((-1) ** k / math.factorial(2 * k) for k in range(10))
@@ -58,8 +58,8 @@ def _horner(coefficients: tuple[float, ...], x: np.ndarray) -> np.ndarray:
 def authalic_z(lat: np.ndarray) -> np.ndarray:
     """The sine of the authalic latitude of geodetic latitudes in degrees (float64): sin phi as the
     cosine of the colatitude (90 - |lat| is exact in degrees over the caps), then q(sin phi) / q(1),
-    both by their power series. Accurate to ~3e-16 in the caps; away from them only good enough to tell that a point
-    is not in a cap. NaN and inf give NaN or inf."""
+    both by their power series. Accurate to ~3e-16 in the caps; away from them only good enough to tell
+    that a point is not in a cap. NaN and inf give NaN or inf."""
     theta = np.abs(lat)
     np.subtract(90.0, theta, out=theta)
     theta *= math.pi / 180.0

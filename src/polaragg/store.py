@@ -28,7 +28,7 @@ from zarr.codecs import BytesCodec, ZstdCodec
 
 from .domain import POLARAGG_VERSION
 from .grid import Grid
-from .fs import fsspec_options, put_new, put_whole
+from .fs import fsspec_options, put_whole
 from .ledger import LEDGER_SUFFIX, clear_records, foreign_ledger_files
 from .schema import OutputSchema, block_columns, time_coordinates, variable_attrs
 
@@ -326,9 +326,10 @@ def write_block(
     checksum.
 
     The chunks are encoded as `create_store` declared them (little-endian bytes, zstd), each written in
-    one call (`put_new`: the task's ledger record, written after them, says they are whole): per-bin
-    variables in chunks of `time_chunk` bins (default: all), padded with the fill value past the last bin. Every chunk is written, empty ones too, so the same files exist whichever
-    executor ran the task. `bins_from` (appending) skips chunks of earlier bins only, except for the
+    one call (in place where new: the task's ledger record, written after them, says they are whole):
+    per-bin variables in chunks of `time_chunk` bins (default: all), padded with the fill value past the
+    last bin. Every chunk is written, empty ones too, so the same files exist whichever executor ran the
+    task. `bins_from` (appending) skips chunks of earlier bins only, except for the
     anomalies, which the new fit changes.
     """
     n = block.shape[0]
@@ -347,10 +348,11 @@ def write_block(
                 rows = values[r * tc:(r + 1) * tc]
                 if rows.shape[0] < tc:
                     rows = np.concatenate([rows, np.full((tc - rows.shape[0], n), fill, rows.dtype)])
-                put_new(f"{base}/{name}/c/{r}/{i}", [_ZSTD.encode(np.ascontiguousarray(rows, dtype=le))],
-                          storage_options)
+                put_whole(f"{base}/{name}/c/{r}/{i}", [_ZSTD.encode(np.ascontiguousarray(rows, dtype=le))],
+                          storage_options, in_place_if_new=True)
         else:
-            put_new(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options)
+            put_whole(f"{base}/{name}/c/{i}", [_ZSTD.encode(np.ascontiguousarray(values, dtype=le))], storage_options,
+                      in_place_if_new=True)
     return checksum(columns, schema)
 
 
